@@ -1,0 +1,133 @@
+"""Config helpers: the `p4,res=64` argument grammar and the one base config every config file extends.
+
+Config files live in `configs/` and expose `get_config(arg)`; `--config=configs/x.py:p4,res=64` passes `"p4,res=64"`.
+Grammar (comma list): a bare `pN` sets the patch size, `key=value` is typed by the default, a bare name is boolean
+True (`p1,runlocal`). Unknown keys raise, so a typo never becomes a silently ignored option.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Keys of CONTRACT §3 plus what the trainer, data pipeline and sharding read. Every key exists in the base config so
+# that a locked config rejects typos and `--config.KEY=VALUE` works for all of them.
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parses a config argument string into a typed ConfigDict.
+
+    Args:
+      arg: the text after `:` in `--config=file.py:arg`, e.g. `"p4,res=64,runlocal"`; None or "" for defaults.
+      **defaults: allowed keys and their default values; a value's type types the parsed string. `patch` receives
+        a bare `pN` token.
+
+    Returns:
+      A ConfigDict with every default key, overridden by the argument.
+
+    Raises:
+      ValueError: unknown key or a value that cannot be parsed as its default's type.
+    """
+    out = ml_collections.ConfigDict(dict(defaults))
+    if not arg:
+        return out
+    for token in (t.strip() for t in arg.split(",")):
+        if not token:
+            continue
+        if "=" in token:
+            key, value = (s.strip() for s in token.split("=", 1))
+        elif token[0] == "p" and token[1:].isdigit() and "patch" in defaults:
+            key, value = "patch", token[1:]
+        else:
+            key, value = token, "True"
+        if key not in defaults:
+            valid = ", ".join(sorted(defaults))
+            raise ValueError(f"unknown config argument {key!r} in {arg!r}; valid: pN, {valid}")
+        out[key] = _typed(key, value, defaults[key])
+    return out
+
+
+def _typed(key: str, value: str, default):
+    """Converts `value` to the type of `default` (bool accepts true/false/1/0)."""
+    try:
+        if isinstance(default, bool):
+            low = value.lower()
+            if low not in ("true", "false", "1", "0"):
+                raise ValueError
+            return low in ("true", "1")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        raise ValueError(
+            f"config argument {key}={value!r} is not a valid {type(default).__name__}") from None
+    return value
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The defaults shared by every config file (the paper's Adventurer stage-1 recipe where it has one)."""
+    c = ml_collections.ConfigDict()
+    # --- model (CONTRACT §2). `model` holds architecture overrides passed to create_model(**overrides).
+    c.model_name = "adventurer_tiny"
+    c.patch_size = 16
+    c.image_size = 224
+    c.model = ml_collections.ConfigDict({
+        "drop_path": 0.0,
+        "flip_rule": "alternate",           # "alternate" | "released_code" (adventurer.md §2)
+        "drop_path_schedule": "released_code",
+        "chunk_size": 128,
+    })
+    c.dtype = "float32"                      # compute dtype; params and residual stream stay float32
+    c.remat = ""                             # "" (none) or a jax.checkpoint_policies name, e.g. "nothing_saveable"
+
+    # --- data (CONTRACT §3)
+    c.dataset = "fashion_mnist"              # fashion_mnist | imagenet2012 | imagefolder:<root>
+    c.data_dir = "data/tfds"                 # prepared TFDS/ArrayRecord data lives here
+    c.fashion_mnist_dir = "/usr/share/datasets/fashion-mnist"
+    c.num_classes = -1                       # -1: take it from the data set
+    c.num_channels = -1                      # -1: take it from the data set
+    c.train_split = "train"
+    c.eval_split = "test"
+    c.max_train_examples = -1                # -1: all; else a fixed prefix of the train split (sweeps on subsets)
+    c.rrc_scale_min = 0.08                   # RandomResizedCrop scale range (min, 1.0)
+    c.hflip = True
+    c.three_augment = False                  # DeiT-III 3-Augment (paper stages 1-2)
+    c.color_jitter = 0.3
+    c.crop_ratio = 0.875                     # eval: resize to int(s / crop_ratio), center-crop s
+    c.mixup_alpha = 0.0                      # paper: 0.8 (on for ImageNet configs)
+    c.cutmix_alpha = 0.0                     # paper: 1.0
+    c.mix_switch_prob = 0.5
+    c.label_smoothing = 0.0
+    c.num_workers = 0                        # grain worker processes (0: in-process threads)
+    c.prefetch = 2
+
+    # --- optimisation (paper.md §3)
+    c.batch_size = 128                       # global
+    c.eval_batch_size = 256
+    c.total_steps = -1                       # overrides num_epochs when > 0
+    c.num_epochs = 300.0
+    c.warmup_steps = -1                      # overrides warmup_epochs when >= 0
+    c.warmup_epochs = 5.0
+    c.lr = 5e-4                              # base lr, scaled by batch_size / lr_scale_batch
+    c.lr_scale_batch = 512                   # <= 0 disables scaling ("unscale-lr")
+    c.warmup_init_lr = 1e-6
+    c.end_lr = 1e-5
+    c.wd = 0.05
+    c.b1 = 0.9
+    c.b2 = 0.999
+    c.grad_clip_norm = 0.0                   # 0: off (the paper's recipe has no clipping)
+    c.accum_steps = 1
+    c.ema_decay = 0.0                        # 0: off; paper keeps an EMA (0.99996) but reports the raw model
+    c.seed = 0
+
+    # --- loop, checkpoints, logging
+    c.eval_every_steps = 1000
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.log_every_steps = 50
+    c.init_from = ""                         # another run's workdir or checkpoint dir (multi-stage recipes)
+
+    # --- devices (issue: scale-out). -1 = all remaining devices.
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    c.sharding_rules = ""                    # "" = default rules; see pixeltok.sharding
+    return c
