@@ -1,0 +1,332 @@
+"""Pieces shared by ViT and Adventurer: dtypes, initialisers, patch embedding, RMSNorm, drop-path, remat,
+position-embedding and patch-kernel resizing.
+
+Conventions: parameters are float32; the residual stream is float32; matmuls run in the compute dtype
+(`float32` or `bfloat16`) and, for bfloat16, accumulate into float32 outputs (`preferred_element_type`), which is
+both the fastest form on the development CPUs and the one that never needs an up-cast afterwards (jax_stack.md §9).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DROP_PATH_SCHEDULES = ("released_code", "linear")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dtypes, initialisers, linear layers
+# ----------------------------------------------------------------------------------------------------------------
+
+def compute_dtype(name) -> jnp.dtype:
+    """Maps "float32" | "bfloat16" (or the numpy/jnp dtype itself) to a jnp dtype; ValueError otherwise."""
+    if isinstance(name, str):
+        if name not in DTYPES:
+            raise ValueError(f"dtype {name!r} is not supported; valid: {', '.join(DTYPES)}")
+        return DTYPES[name]
+    dt = jnp.dtype(name)
+    if dt not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+        raise ValueError(f"dtype {dt} is not supported; valid: {', '.join(DTYPES)}")
+    return dt.type
+
+
+def uniform_init(bound: float) -> Callable:
+    """U(-bound, bound) initialiser (PyTorch's default for Linear/Conv, adventurer.md §3)."""
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+def torch_linear_init(fan_in: int, scale: float = 1.0) -> Callable:
+    """PyTorch's kaiming_uniform(a=sqrt(5)) for a Linear: U(±1/sqrt(fan_in)), optionally scaled."""
+    return uniform_init(scale / math.sqrt(fan_in))
+
+
+def trunc_normal(std: float = 0.02) -> Callable:
+    """Truncated normal at ±2σ (PyTorch truncates at ±2 absolute, i.e. effectively untruncated; negligible)."""
+    return nnx.initializers.truncated_normal(stddev=std)
+
+
+def linear(din: int, dout: int, *, use_bias: bool, kernel_init: Callable, dtype, rngs: nnx.Rngs,
+           bias_init: Callable = nnx.initializers.zeros) -> nnx.Linear:
+    """An nnx.Linear with float32 params computing in `dtype`; bf16 matmuls accumulate into float32 outputs."""
+    preferred = jnp.float32 if jnp.dtype(dtype) != jnp.dtype(jnp.float32) else None
+    return nnx.Linear(din, dout, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                      preferred_element_type=preferred, kernel_init=kernel_init, bias_init=bias_init, rngs=rngs)
+
+
+class KeySeq:
+    """A stateless stand-in for `nnx.Rngs` during construction: `params()` returns fold_in(key, i) for i = 0, 1, ...
+
+    nnx.Rngs keeps its counter in a Variable whose every update, under `nnx.eval_shape`, inspects the tracer's
+    sharding and costs ~9 ms (≈ 75 % of building Adventurer-L abstractly). Modules only call `rngs.params()`, so a
+    Python counter gives the same determinism at a fraction of the cost; nothing of it is kept in the model.
+    """
+
+    def __init__(self, seed: int):
+        self._key = jax.random.key(seed)
+        self._count = 0
+
+    def params(self) -> Array:
+        self._count += 1
+        return jax.random.fold_in(self._key, self._count - 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# patch embedding
+# ----------------------------------------------------------------------------------------------------------------
+
+def check_patch_size(patch_size: int, image_size: int) -> int:
+    """Returns the grid side image_size // patch_size; ValueError when the patch size does not divide the image."""
+    if patch_size < 1 or image_size < 1 or image_size % patch_size:
+        raise ValueError(f"patch_size {patch_size} does not divide image_size {image_size}; "
+                         f"valid patch sizes divide {image_size}")
+    return image_size // patch_size
+
+
+def patch_embed_conv(num_channels: int, width: int, patch_size: int, *, kernel_init: Callable,
+                     bias_init: Callable, rngs: nnx.Rngs) -> nnx.Conv:
+    """The patch embedding: a Conv with kernel = stride = p, kernel (p, p, C, d) plus bias (d,)."""
+    return nnx.Conv(num_channels, width, (patch_size, patch_size), strides=(patch_size, patch_size),
+                    padding="VALID", use_bias=True, param_dtype=jnp.float32, kernel_init=kernel_init,
+                    bias_init=bias_init, rngs=rngs)
+
+
+def embed_patches(conv: nnx.Conv, images: Array, patch_size: int, dtype) -> Array:
+    """Applies the patch-embed conv as one matmul over row-major patches.
+
+    Identical to `conv(images)` (stride = kernel, no overlap) but a plain GEMM, which XLA:CPU runs (and
+    differentiates) much faster than a strided conv, and which can take bf16 inputs with float32 accumulation.
+
+    Args:
+      conv: the patch-embed nnx.Conv, kernel (p, p, C, d), bias (d,).
+      images: (batch, H, W, C) float.
+      patch_size: p.
+      dtype: compute dtype of the matmul.
+
+    Returns:
+      (batch, (H/p)·(W/p), d) float32 tokens in row-major patch order.
+    """
+    b, h, w, c = images.shape
+    p = patch_size
+    gh, gw = h // p, w // p
+    x = images.reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * c)
+    kernel = conv.kernel[...].reshape(p * p * c, -1)
+    out = jnp.einsum("bnk,kd->bnd", x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+    return out + conv.bias[...]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# norms, drop-path, remat
+# ----------------------------------------------------------------------------------------------------------------
+
+class RMSNorm(nnx.Module):
+    """RMSNorm over the last axis, computed in float32: y = x / sqrt(mean(x²) + eps) · scale.
+
+    Attributes:
+      scale: (dim,) weight, init 1 (adventurer.md §3).
+    """
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, out_dtype=jnp.float32):
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.eps = eps
+        self.out_dtype = out_dtype
+
+    def __call__(self, x: Array) -> Array:
+        """x: (..., dim) any float dtype -> (..., dim) in out_dtype."""
+        x = x.astype(jnp.float32)
+        y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...]).astype(self.out_dtype)
+
+
+def drop_path(x: Array, rate: float, rng: Array | None) -> Array:
+    """Stochastic depth on a residual branch: per-sample keep mask (B, 1, ..., 1), kept samples scaled 1/(1-rate).
+
+    Args:
+      x: (batch, ...) branch output.
+      rate: drop probability (a Python float; 0 returns x unchanged).
+      rng: PRNG key; None means evaluation (no dropping).
+    """
+    if rng is None or rate <= 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+
+
+def drop_path_rates(rate: float, depth: int, schedule: str = "released_code") -> list[float]:
+    """Per-layer drop-path rates.
+
+    "released_code" reproduces the official Adventurer off-by-one (adventurer.md §2): dpr = [0] + linspace(0, rate,
+    depth), layer i uses dpr[i], so layers 0 and 1 get 0, layer i >= 1 gets rate·(i-1)/(depth-1) and `rate` itself
+    is never reached. "linear" is the usual rate·i/(depth-1) (DeiT).
+    """
+    if schedule not in DROP_PATH_SCHEDULES:
+        raise ValueError(f"drop_path_schedule {schedule!r} is unknown; valid: {', '.join(DROP_PATH_SCHEDULES)}")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path {rate} must be in [0, 1)")
+    lin = [float(v) for v in np.linspace(0.0, rate, depth)]
+    if schedule == "linear":
+        return lin
+    return ([0.0] + lin)[:depth]
+
+
+def remat_policy(remat) -> Callable | None | bool:
+    """Maps the `remat` override to a jax.checkpoint policy.
+
+    None / "" / False: no remat (returns None). True or "full": remat with no policy (save nothing but the block
+    input). Otherwise the name of a `jax.checkpoint_policies` attribute, e.g. "nothing_saveable".
+    """
+    if remat is None or remat is False or remat == "":
+        return None
+    if remat is True or remat == "full":
+        return True
+    if not isinstance(remat, str) or not hasattr(jax.checkpoint_policies, remat):
+        valid = sorted(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))
+        raise ValueError(f"remat {remat!r} is not a jax.checkpoint_policies name; valid: '', 'full', "
+                         f"{', '.join(v for v in valid if callable(getattr(jax.checkpoint_policies, v)))}")
+    policy = getattr(jax.checkpoint_policies, remat)
+    # Factories (save_only_these_names, ...) need arguments; only plain policies can be named.
+    return policy
+
+
+def apply_block(block: nnx.Module, x: Array, policy, rng: Array | None = None, **static) -> Array:
+    """Calls `block(x, rng=rng, **static)`, rematerialised with `policy` (see `remat_policy`) when it is set.
+
+    The block is split into (graphdef, state) and the pure function is wrapped in jax.checkpoint, so only the
+    block input is saved across the backward pass (with "nothing_saveable"). `static` keyword arguments (flip
+    flags, drop rates) are closed over, not traced. Blocks must not mutate state.
+    """
+    if policy is None:
+        return block(x, rng=rng, **static)
+    graphdef, state = nnx.split(block)
+
+    def pure(state, x, rng):
+        return nnx.merge(graphdef, state)(x, rng=rng, **static)
+
+    ckpt = jax.checkpoint(pure) if policy is True else jax.checkpoint(pure, policy=policy)
+    return ckpt(state, x, rng)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# position embeddings and their resizing
+# ----------------------------------------------------------------------------------------------------------------
+
+def keys_cubic_matrix(in_size: int, out_size: int, a: float = -0.75) -> np.ndarray:
+    """The (out_size, in_size) 1-D bicubic interpolation matrix of PyTorch (align_corners=False, no antialias).
+
+    Keys kernel with a = -0.75, half-pixel centres (src = (i + 0.5)·in/out - 0.5, not clamped), four taps at
+    floor(src) - 1 .. floor(src) + 2 clamped to the border (adventurer.md §4). float64.
+    """
+    def w(t):
+        t = abs(t)
+        if t <= 1.0:
+            return ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
+        if t < 2.0:
+            return ((a * t - 5.0 * a) * t + 8.0 * a) * t - 4.0 * a
+        return 0.0
+
+    m = np.zeros((out_size, in_size), np.float64)
+    scale = in_size / out_size
+    for i in range(out_size):
+        src = (i + 0.5) * scale - 0.5
+        x0 = math.floor(src)
+        frac = src - x0
+        for k, dist in zip(range(-1, 3), (frac + 1.0, frac, 1.0 - frac, 2.0 - frac)):
+            m[i, min(max(x0 + k, 0), in_size - 1)] += w(dist)
+    return m
+
+
+def _grid_hw(grid) -> tuple[int, int]:
+    if isinstance(grid, int):
+        return grid, grid
+    gh, gw = grid
+    return int(gh), int(gw)
+
+
+def resize_grid(grid_emb: Array, new_grid) -> Array:
+    """Bicubically resizes (batch, gh, gw, d) to (batch, gh', gw', d) with PyTorch's interpolation matrices."""
+    _, gh, gw, _ = grid_emb.shape
+    nh, nw = _grid_hw(new_grid)
+    mh = jnp.asarray(keys_cubic_matrix(gh, nh), jnp.float32)
+    mw = jnp.asarray(keys_cubic_matrix(gw, nw), jnp.float32)
+    hp = jax.lax.Precision.HIGHEST
+    out = jnp.einsum("ih,bhwd->biwd", mh, grid_emb.astype(jnp.float32), precision=hp)
+    out = jnp.einsum("jw,biwd->bijd", mw, out, precision=hp)
+    return out.astype(grid_emb.dtype)
+
+
+def resize_posemb(posemb: Array, new_grid, *, layout: str = "vit", method: str = "correct") -> Array:
+    """Resizes a learned position embedding (1, n+1, d) to a new square (or (gh, gw)) patch grid.
+
+    Args:
+      posemb: (batch, n + 1, d) with n = g² grid rows plus one extra (cls) row.
+      new_grid: g' or (gh', gw').
+      layout: "vit" (cls row first) or "adventurer" (cls row last, adventurer.md §2).
+      method: "correct" keeps the cls row on the architecture's side and resizes only the grid; "released_code"
+        reproduces the released resize bug (adventurer.md §4): the FIRST row is always taken as the extra token and
+        put first, whatever the layout — for Adventurer patch 0 is carried over unresized and the real cls row is
+        interpolated as the bottom-right grid cell.
+
+    Returns:
+      (batch, gh'·gw' + 1, d), same dtype.
+    """
+    if layout not in ("vit", "adventurer"):
+        raise ValueError(f"layout {layout!r} is unknown; valid: vit, adventurer")
+    if method not in ("correct", "released_code"):
+        raise ValueError(f"method {method!r} is unknown; valid: correct, released_code")
+    b, n1, d = posemb.shape
+    g = math.isqrt(n1 - 1)
+    if g * g != n1 - 1:
+        raise ValueError(f"posemb has {n1} rows; expected g*g + 1 for a square grid")
+    cls_first = layout == "vit" or method == "released_code"
+    extra, grid = (posemb[:, :1], posemb[:, 1:]) if cls_first else (posemb[:, -1:], posemb[:, :-1])
+    nh, nw = _grid_hw(new_grid)
+    grid = resize_grid(grid.reshape(b, g, g, d), (nh, nw)).reshape(b, nh * nw, d)
+    return jnp.concatenate([extra, grid] if cls_first else [grid, extra], axis=1)
+
+
+def bilinear_patch_resize_matrix(old: int, new: int) -> np.ndarray:
+    """R: (new², old²) matrix of the bilinear resize (jax.image.resize, as FlexiViT) of an old×old patch."""
+    basis = np.eye(old * old, dtype=np.float32).reshape(old * old, old, old)
+    out = jax.image.resize(jnp.asarray(basis), (old * old, new, new), method="bilinear")
+    return np.asarray(out, np.float64).reshape(old * old, new * new).T
+
+
+def resize_patch_embed(kernel: Array, new_patch) -> Array:
+    """FlexiViT pseudo-inverse resize of a patch-embed kernel (p, p, C, d) to (p', p', C, d).
+
+    Solves min ||Rᵀ w' − w|| per (channel, output) with R the bilinear resize of a patch (p² -> p'²), so that
+    <resize(x), w'> ≈ <x, w> (exact when p' >= p: the minimum-norm exact solution).
+    """
+    p, p2, c, d = kernel.shape
+    if p != p2:
+        raise ValueError(f"kernel {kernel.shape} is not square in its first two axes")
+    nh = new_patch if isinstance(new_patch, int) else new_patch[0]
+    r = bilinear_patch_resize_matrix(p, nh)                     # (p'², p²)
+    pinv = np.linalg.pinv(r.T)                                   # (p'², p²): w' = pinv(Rᵀ) w
+    w = jnp.asarray(kernel, jnp.float32).reshape(p * p, c * d)
+    out = jnp.einsum("nk,km->nm", jnp.asarray(pinv, jnp.float32), w, precision=jax.lax.Precision.HIGHEST)
+    return out.reshape(nh, nh, c, d).astype(kernel.dtype)
+
+
+def check_images(images: Array, image_size: int, num_channels: int) -> None:
+    """ValueError unless images is (batch, image_size, image_size, num_channels)."""
+    if images.ndim != 4 or tuple(images.shape[1:]) != (image_size, image_size, num_channels):
+        raise ValueError(f"images of shape {tuple(images.shape)} do not match the model; expected "
+                         f"(batch, {image_size}, {image_size}, {num_channels})")
+
+
+def split_rngs(rng: Array | None, n: int) -> Sequence[Array | None]:
+    """n independent keys from rng (or n Nones)."""
+    if rng is None:
+        return [None] * n
+    return list(jax.random.split(rng, n))

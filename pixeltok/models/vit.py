@@ -1,0 +1,156 @@
+"""DeiT-style ViT (adventurer.md §5): cls token FIRST, learned pos-embed, pre-LN blocks, MHSA through
+`jax.nn.dot_product_attention` (cuDNN flash attention on GPU in bf16, XLA elsewhere), GELU MLP, head on token 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pixeltok.models import common
+
+Array = jax.Array
+
+ATTN_IMPLS = ("auto", "xla", "cudnn")
+
+
+def vit_heads(width: int, head_dim: int | None = None) -> int:
+    """Number of attention heads for a width.
+
+    DeiT sizes use head_dim 64 (Tiny 3, Small 6, Base 12, Large 16 heads). Below width 192 the head dim is 32
+    (96 -> 3 heads, 128 -> 4, 64 -> 2); widths under 32 use a single head. An explicit head_dim overrides the rule.
+    """
+    if head_dim is None:
+        head_dim = 64 if width >= 192 else 32
+    heads = max(1, round(width / head_dim))
+    if width % heads:
+        raise ValueError(f"width {width} is not divisible into {heads} heads of ~{head_dim}; pick head_dim "
+                         f"dividing {width}")
+    return heads
+
+
+def _attn_implementation(impl: str, dtype) -> str | None:
+    """"auto": cuDNN flash attention on GPU for 16-bit inputs (it needs them), XLA otherwise."""
+    if impl not in ATTN_IMPLS:
+        raise ValueError(f"attn_impl {impl!r} is unknown; valid: {', '.join(ATTN_IMPLS)}")
+    if impl == "auto":
+        gpu = jax.default_backend() == "gpu"
+        return "cudnn" if gpu and jnp.dtype(dtype).itemsize == 2 else "xla"
+    return impl
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with a fused qkv projection (bias) and an output projection."""
+
+    def __init__(self, d: int, heads: int, *, dtype, attn_impl: str = "auto", rngs: nnx.Rngs):
+        self.heads, self.dtype = heads, dtype
+        self.impl = _attn_implementation(attn_impl, dtype)
+        init = common.trunc_normal()
+        self.qkv = common.linear(d, 3 * d, use_bias=True, kernel_init=init, dtype=dtype, rngs=rngs)
+        self.proj = common.linear(d, d, use_bias=True, kernel_init=init, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        """x: (batch, length, d) compute dtype -> (batch, length, d) float32."""
+        b, length, d = x.shape
+        qkv = self.qkv(x).astype(self.dtype).reshape(b, length, 3, self.heads, d // self.heads)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # (batch, length, heads, head_dim)
+        o = jax.nn.dot_product_attention(q, k, v, implementation=self.impl)
+        return self.proj(o.reshape(b, length, d).astype(self.dtype)).astype(jnp.float32)
+
+
+class Mlp(nnx.Module):
+    """fc1 -> GELU (exact erf, as timm's nn.GELU) -> fc2."""
+
+    def __init__(self, d: int, hidden: int, *, dtype, rngs: nnx.Rngs):
+        self.dtype = dtype
+        init = common.trunc_normal()
+        self.fc1 = common.linear(d, hidden, use_bias=True, kernel_init=init, dtype=dtype, rngs=rngs)
+        self.fc2 = common.linear(hidden, d, use_bias=True, kernel_init=init, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        h = jax.nn.gelu(self.fc1(x), approximate=False)
+        return self.fc2(h.astype(self.dtype)).astype(jnp.float32)
+
+
+class ViTBlock(nnx.Module):
+    """Pre-LN transformer block: x + attn(LN(x)), then x + mlp(LN(x)); LayerNorm eps 1e-6."""
+
+    def __init__(self, d: int, heads: int, *, mlp_ratio: float = 4.0, dtype, attn_impl: str = "auto",
+                 rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.norm1 = nnx.LayerNorm(d, epsilon=1e-6, param_dtype=jnp.float32, rngs=rngs)
+        self.attn = Attention(d, heads, dtype=dtype, attn_impl=attn_impl, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(d, epsilon=1e-6, param_dtype=jnp.float32, rngs=rngs)
+        self.mlp = Mlp(d, int(mlp_ratio * d), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array, *, drop_rate: float = 0.0, rng: Array | None = None) -> Array:
+        """x: (batch, n + 1, d) float32 residual stream -> same."""
+        r1, r2 = common.split_rngs(rng, 2)
+        x = x + common.drop_path(self.attn(self.norm1(x).astype(self.dtype)), drop_rate, r1)
+        return x + common.drop_path(self.mlp(self.norm2(x).astype(self.dtype)), drop_rate, r2)
+
+
+class ViT(nnx.Module):
+    """DeiT classifier.
+
+    Attributes:
+      patch_embed: nnx.Conv kernel (p, p, C, d) + bias; PyTorch's default Conv2d init U(±1/√(C·p²)) for both, as
+        DeiT's timm code leaves the patch conv at its default.
+      cls_token: (1, 1, d) and pos_embed: (1, n + 1, d), trunc_normal(0.02); cls FIRST.
+      blocks: nnx.List of ViTBlock; norm: final LayerNorm (eps 1e-6); head: Linear on token 0.
+      Linear weights trunc_normal(0.02), biases 0; LayerNorms 1 / 0.
+    """
+
+    def __init__(self, *, width: int, depth: int, patch_size: int = 16, image_size: int = 224,
+                 num_classes: int = 1000, num_channels: int = 3, head_dim: int | None = None,
+                 mlp_ratio: float = 4.0, attn_impl: str = "auto", drop_path: float = 0.0,
+                 drop_path_schedule: str = "linear", dtype="float32", remat=None, posemb: str = "learned",
+                 rngs: nnx.Rngs):
+        grid = common.check_patch_size(patch_size, image_size)
+        if posemb != "learned":
+            raise ValueError(f"posemb {posemb!r} is unknown; valid: learned")
+        if width < 1 or depth < 1:
+            raise ValueError(f"width {width} and depth {depth} must be >= 1")
+        dt = common.compute_dtype(dtype)
+        self.patch_size, self.image_size, self.num_channels = patch_size, image_size, num_channels
+        self.num_patches, self.width, self.depth, self.dtype = grid * grid, width, depth, dt
+        self.heads = vit_heads(width, head_dim)
+        self.drop_rates = tuple(common.drop_path_rates(drop_path, depth, drop_path_schedule))
+        self.remat_policy = common.remat_policy(remat)
+        conv_init = common.uniform_init(1.0 / math.sqrt(num_channels * patch_size * patch_size))
+        self.patch_embed = common.patch_embed_conv(num_channels, width, patch_size, kernel_init=conv_init,
+                                                   bias_init=conv_init, rngs=rngs)
+        self.cls_token = nnx.Param(common.trunc_normal()(rngs.params(), (1, 1, width)))
+        self.pos_embed = nnx.Param(common.trunc_normal()(rngs.params(), (1, self.num_patches + 1, width)))
+        self.blocks = nnx.List([ViTBlock(width, self.heads, mlp_ratio=mlp_ratio, dtype=dt, attn_impl=attn_impl,
+                                         rngs=rngs) for _ in range(depth)])
+        self.norm = nnx.LayerNorm(width, epsilon=1e-6, param_dtype=jnp.float32, rngs=rngs)
+        self.head = common.linear(width, num_classes, use_bias=True, kernel_init=common.trunc_normal(), dtype=dt,
+                                  rngs=rngs)
+
+    def embed(self, images: Array) -> Array:
+        """images (batch, H, W, C) -> tokens (batch, n + 1, d) float32: cls FIRST, then patches row-major, + pos."""
+        common.check_images(images, self.image_size, self.num_channels)
+        x = common.embed_patches(self.patch_embed, images, self.patch_size, self.dtype)
+        cls = jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, self.width))
+        return jnp.concatenate([cls, x], axis=1) + self.pos_embed[...]
+
+    def forward_features(self, images: Array, train: bool = False, *, rng: Array | None = None) -> Array:
+        """The residual stream after the last block (before the final norm): (batch, n + 1, d) float32."""
+        x = self.embed(images)
+        use_drop = train and max(self.drop_rates) > 0.0
+        if use_drop and rng is None:
+            raise ValueError("train=True with drop_path > 0 needs an rng key")
+        rngs = common.split_rngs(rng if use_drop else None, self.depth)
+        for i, block in enumerate(self.blocks):
+            x = common.apply_block(block, x, self.remat_policy,
+                                   drop_rate=self.drop_rates[i] if use_drop else 0.0, rng=rngs[i])
+        return x
+
+    def __call__(self, images: Array, train: bool = False, *, rng: Array | None = None) -> Array:
+        """images (batch, H, W, C) float -> logits (batch, num_classes) float32, read from the FIRST (cls) token."""
+        x = self.forward_features(images, train, rng=rng)
+        return self.head(self.norm(x[:, 0]).astype(self.dtype)).astype(jnp.float32)

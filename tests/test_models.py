@@ -1,0 +1,569 @@
+"""Tests for pixeltok.models and pixeltok.flops (adventurer.md §1–§5, §10).
+
+Parameter counts are checked against layout formulas written here by hand and against the literal numbers of
+adventurer.md §1; position-embedding resizing against an independent NumPy Keys-cubic implementation; the block
+wiring (heading average, flips, cls slot) against references composed from the blocks' own submodules.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from pixeltok import flops
+from pixeltok.models import (count_params, create_model, drop_path_rates, flip_layer_set, resize_patch_embed,
+                             resize_posemb)
+from pixeltok.models import adventurer as adv
+from pixeltok.models import common
+
+# A tiny Adventurer / ViT for behavioural tests: 16×16 images, p=4 -> 16 patches.
+TINY_ADV = dict(patch_size=4, image_size=16, num_classes=10, width=32, depth=2, d_state=16, head_dim=32,
+                chunk_size=8)
+TINY_VIT = dict(patch_size=4, image_size=16, num_classes=10, width=32, depth=2)
+
+
+def _images(batch=2, size=16, channels=3, seed=0):
+    return jax.random.normal(jax.random.key(seed), (batch, size, size, channels), jnp.float32)
+
+
+def _abstract(name, **kw):
+    return nnx.eval_shape(lambda: create_model(name, **kw))
+
+
+# Jitted calls: eager op-by-op execution of the SSD compiles dozens of tiny kernels per new shape (slow on CPU).
+_forward = nnx.jit(lambda model, x: model(x))
+_features = nnx.jit(lambda model, x: (model.embed(x), model.forward_features(x), model(x)))
+_block = nnx.jit(lambda block, x, flip: block(x, flip=flip), static_argnames="flip")
+_mixer = nnx.jit(lambda mixer, u: mixer(u))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parameter counts (hand formulas, adventurer.md §1)
+# ---------------------------------------------------------------------------------------------------------------
+
+def adventurer_params_by_hand(d, depth, n, channels=3, p=16, classes=1000, state=64, head_dim=64, conv=4):
+    inner = 2 * d
+    heads = inner // head_dim
+    hidden = int(2.5 * d)
+    in_proj = d * (2 * inner + 2 * state + heads)
+    conv1d = (inner + 2 * state) * conv + (inner + 2 * state)
+    per_head = 3 * heads                          # A_log, dt_bias, D
+    gated_norm, out_proj = inner, inner * d
+    norms = 2 * d
+    swiglu = 2 * (d * hidden + hidden) + hidden * d + d
+    block = in_proj + conv1d + per_head + gated_norm + out_proj + norms + swiglu
+    embed = channels * p * p * d + d              # conv kernel + bias
+    return depth * block + embed + d + (n + 1) * d + d + d * classes + classes   # + cls, pos, final norm, head
+
+
+def vit_params_by_hand(d, depth, n, channels=3, p=16, classes=1000):
+    block = (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d) + 2 * 2 * d
+    assert block == 12 * d * d + 13 * d
+    return depth * block + channels * p * p * d + d + d + (n + 1) * d + 2 * d + d * classes + classes
+
+
+SIZES = {"tiny": (256, 192, 12), "small": (512, 384, 12), "base": (768, 768, 12), "large": (1024, 1024, 24)}
+# adventurer.md §1 tables (p16/224, 1000 classes) and p1/224 totals.
+DOC_P16 = {"adventurer_tiny": 11_608_840, "adventurer_small": 44_491_816, "adventurer_base": 98_657_608,
+           "adventurer_large": 346_196_200, "vit_tiny": 5_717_416, "vit_small": 22_050_664,
+           "vit_base": 86_567_656, "vit_large": 304_326_632}
+DOC_P1 = {"adventurer_tiny": 24_207_880, "adventurer_small": 69_689_896, "adventurer_base": 136_454_728,
+          "adventurer_large": 396_592_360, "vit_base": 124_364_776}
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_param_counts_match_hand_formulas(size):
+    d_adv, d_vit, depth = SIZES[size]
+    for p, n in ((16, 196), (1, 50_176)):
+        a = _abstract(f"adventurer_{size}", patch_size=p)
+        v = _abstract(f"vit_{size}", patch_size=p)
+        # eval_shape: nothing allocated, every leaf is abstract.
+        assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(a, nnx.Param)))
+        assert count_params(a) == adventurer_params_by_hand(d_adv, depth, n, p=p)
+        assert count_params(v) == vit_params_by_hand(d_vit, depth, n, p=p)
+        assert count_params(a, exclude_embeddings=True) == count_params(a) - (n + 1) * d_adv
+        assert count_params(v, exclude_embeddings=True) == count_params(v) - (n + 1) * d_vit
+        if p == 16:
+            assert count_params(a) == DOC_P16[f"adventurer_{size}"]
+            assert count_params(v) == DOC_P16[f"vit_{size}"]
+        else:
+            assert count_params(a) == DOC_P1[f"adventurer_{size}"]
+            if f"vit_{size}" in DOC_P1:
+                assert count_params(v) == DOC_P1[f"vit_{size}"]
+
+
+def test_param_counts_base_literals():
+    assert count_params(_abstract("adventurer_base")) == 98_657_608
+    assert count_params(_abstract("adventurer_base"), exclude_embeddings=True) == 98_506_312
+    assert count_params(_abstract("adventurer_base", patch_size=1), exclude_embeddings=True) == 97_918_792
+    assert count_params(_abstract("vit_base")) == 86_567_656
+    assert count_params(_abstract("vit_base", patch_size=1)) == 124_364_776
+    # Width/depth overrides reach the architecture; classes and channels too.
+    a = _abstract("adventurer_base", width=128, depth=3, num_classes=10, num_channels=1, patch_size=4,
+                  image_size=32)
+    assert count_params(a) == adventurer_params_by_hand(128, 3, 64, channels=1, p=4, classes=10)
+
+
+def test_param_names_follow_contract():
+    m = _abstract("adventurer_tiny", patch_size=8, image_size=32, depth=2)
+    keys = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(nnx.state(m, nnx.Param))}
+    for name in ("['pos_embed']", "['cls_token']", "['patch_embed']['kernel']", "['norm']['scale']",
+                 "['head']['kernel']", "['blocks'][1]['mixer']['A_log']", "['blocks'][0]['mixer']['in_proj']"):
+        assert any(k.startswith(name) for k in keys), name
+    assert isinstance(m.blocks, nnx.List)
+    assert m.head.kernel.shape == (256, 1000)                # nnx.Linear kernel (in, out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match=r"(?=.*\b5\b)(?=.*\b32\b)"):
+        create_model("vit_tiny", patch_size=5, image_size=32)
+    with pytest.raises(ValueError, match=r"(?=.*\b6\b)(?=.*\b224\b)"):
+        nnx.eval_shape(lambda: create_model("adventurer_base", patch_size=6))
+    with pytest.raises(ValueError, match="adventurer_base"):
+        create_model("adventurer_huge")
+    with pytest.raises(ValueError, match="depth"):
+        create_model("vit_tiny", dept=3)
+    with pytest.raises(ValueError, match="flip_rule"):
+        _abstract("adventurer_tiny", flip_rule="every_two")
+    with pytest.raises(ValueError, match="adventurer"):
+        create_model("vit_tiny", flip_rule="released_code")
+    _abstract("vit_tiny", flip_rule="alternate", chunk_size=128)     # shared config defaults are accepted
+    model = create_model("vit_tiny", **TINY_VIT)
+    with pytest.raises(ValueError, match="16, 16, 3"):
+        model(_images(size=32))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# embedding, cls slot, head token
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,cfg,cls_index", [("adventurer_tiny", TINY_ADV, -1), ("vit_tiny", TINY_VIT, 0)])
+def test_cls_slot_and_head_token(name, cfg, cls_index):
+    model = create_model(name, **cfg)
+    x = _images()
+    tokens, feats, logits = _features(model, x)
+    assert tokens.shape == (2, 17, 32)
+    pos, cls = np.asarray(model.pos_embed[...])[0], np.asarray(model.cls_token[...])[0, 0]
+    np.testing.assert_allclose(tokens[:, cls_index], np.broadcast_to(cls + pos[cls_index], (2, 32)), rtol=1e-6)
+    # Patch tokens: the conv with kernel = stride = p (lax conv through the module itself), row-major.
+    conv = np.asarray(model.patch_embed(x)).reshape(2, 16, 32)
+    patches = slice(0, 16) if cls_index == -1 else slice(1, 17)
+    np.testing.assert_allclose(tokens[:, patches], conv + pos[patches], rtol=1e-5, atol=1e-5)
+    # The head reads the cls token: last for Adventurer, first for ViT.
+    np.testing.assert_allclose(logits, model.head(model.norm(feats[:, cls_index])), rtol=1e-5, atol=1e-6)
+    other = 0 if cls_index == -1 else -1
+    assert not np.allclose(logits, model.head(model.norm(feats[:, other])), atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Adventurer block: heading average, flips, causality
+# ---------------------------------------------------------------------------------------------------------------
+
+def _tiny_block(seed=0):
+    model = create_model("adventurer_tiny", seed=seed, **TINY_ADV)
+    x = jax.random.normal(jax.random.key(1), (2, 17, 32))
+    return model.blocks[0], x
+
+
+def test_block_heading_average_reference():
+    block, x = _tiny_block()
+    for flip in (False, True):
+        out = _block(block, x, flip)
+        assert out.shape == x.shape                                 # the heading token's output is dropped
+        # Reference from the block's submodules: numpy flips and numpy mean over all n+1 tokens incl. cls.
+        h = np.asarray(block.norm(x))
+        if flip:
+            h = np.concatenate([h[:, -2::-1], h[:, -1:]], axis=1)
+        head = h.astype(np.float64).mean(axis=1, keepdims=True).astype(np.float32)
+        m = np.asarray(_mixer(block.mixer, jnp.asarray(np.concatenate([head, h], axis=1))))[:, 1:]
+        if flip:
+            m = np.concatenate([m[:, -2::-1], m[:, -1:]], axis=1)
+        y = np.asarray(x) + m
+        ref = y + np.asarray(block.mlp(block.norm2(jnp.asarray(y))))
+        np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-5)
+    # Without the heading token the result differs (the average really is prepended). By causality the first n+1
+    # outputs of mixer([h, anything]) are mixer(h); this keeps the compiled length n+2.
+    h = block.norm(x)
+    no_head = np.asarray(_mixer(block.mixer, jnp.concatenate([h, h[:, :1]], 1)))[:, :-1]
+    with_head = np.asarray(_mixer(block.mixer, jnp.concatenate([h.mean(1, keepdims=True), h], 1)))[:, 1:]
+    assert not np.allclose(no_head, with_head, atol=1e-4)
+
+
+def test_flip_is_conjugation_by_patch_reversal():
+    block, x = _tiny_block()
+    rev = adv.reverse_patches
+    np.testing.assert_array_equal(rev(rev(x)), x)
+    np.testing.assert_array_equal(rev(x)[:, -1], x[:, -1])           # cls stays last
+    np.testing.assert_array_equal(rev(x)[:, 0], x[:, -2])
+    flipped = _block(block, x, True)
+    np.testing.assert_allclose(flipped, rev(_block(block, rev(x), False)), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(flipped, _block(block, x, False), atol=1e-3)
+
+
+def test_flip_rules_layer_sets_and_model_behaviour():
+    assert flip_layer_set("alternate", 12) == {1, 3, 5, 7, 9, 11}
+    assert flip_layer_set("released_code", 12) == {2, 3}
+    assert flip_layer_set("released_code", 24) == {2, 3}
+    assert flip_layer_set("none", 6) == set()
+    x = _images()
+    cfg = dict(TINY_ADV, depth=2)
+    rules = ("alternate", "released_code", "none")
+    out = {r: _forward(create_model("adventurer_tiny", flip_rule=r, **cfg), x) for r in rules}
+    # depth 2: "alternate" flips layer 1, "released_code" flips nothing (layers 2, 3 do not exist).
+    np.testing.assert_allclose(out["released_code"], out["none"], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(out["alternate"], out["none"], atol=1e-4)
+    # depth 3: "released_code" now flips layer 2.
+    cfg3 = dict(TINY_ADV, depth=3)
+    a3 = _forward(create_model("adventurer_tiny", flip_rule="released_code", **cfg3), x)
+    n3 = _forward(create_model("adventurer_tiny", flip_rule="none", **cfg3), x)
+    assert not np.allclose(a3, n3, atol=1e-4)
+
+
+def test_mixer_is_causal():
+    block, _ = _tiny_block()
+    u = jax.random.normal(jax.random.key(2), (1, 23, 32))
+    base = np.asarray(_mixer(block.mixer, u))
+    for j in (0, 7, 8, 15, 22):                                       # chunk_size 8: inside and at chunk edges
+        out = np.asarray(_mixer(block.mixer, u.at[:, j].add(1.0)))
+        np.testing.assert_array_equal(out[:, :j], base[:, :j])
+        assert np.abs(out[:, j:] - base[:, j:]).max() > 1e-4
+
+
+def _np(v):
+    return np.asarray(v[...], np.float64)
+
+
+def mamba2_mixer_numpy(mixer, u):
+    """Float64 NumPy Mamba-2 mixer from adventurer.md §3: split [z, x, B, C, dt], causal conv, sequential SSD."""
+    b, length, _ = u.shape
+    inner, heads, hd, n = mixer.d_inner, mixer.heads, mixer.head_dim, mixer.d_state
+    zxbcdt = u @ _np(mixer.in_proj.kernel)
+    z, xbc, dt = zxbcdt[..., :inner], zxbcdt[..., inner:2 * inner + 2 * n], zxbcdt[..., 2 * inner + 2 * n:]
+    w, bias = _np(mixer.conv1d.kernel)[:, 0], _np(mixer.conv1d.bias)          # (K, channels)
+    k = w.shape[0]
+    padded = np.concatenate([np.zeros((b, k - 1, xbc.shape[-1])), xbc], axis=1)
+    conv = np.stack([(padded[:, t:t + k] * w).sum(1) for t in range(length)], axis=1) + bias
+    xbc = conv / (1 + np.exp(-conv))
+    x, bm, cm = xbc[..., :inner].reshape(b, length, heads, hd), xbc[..., inner:inner + n], xbc[..., inner + n:]
+    dt = np.log1p(np.exp(dt + _np(mixer.dt_bias)))
+    a = -np.exp(_np(mixer.A_log))
+    y = np.zeros_like(x)
+    state = np.zeros((b, heads, hd, n))
+    for t in range(length):
+        decay = np.exp(dt[:, t] * a)[:, :, None, None]
+        state = decay * state + (dt[:, t, :, None, None] * x[:, t, :, :, None]) * bm[:, t, None, None, :]
+        y[:, t] = np.einsum("bhpn,bn->bhp", state, cm[:, t])
+    y = y + _np(mixer.D)[:, None] * x
+    g = y.reshape(b, length, inner) * (z / (1 + np.exp(-z)))
+    g = g / np.sqrt((g ** 2).mean(-1, keepdims=True) + 1e-5) * _np(mixer.norm.scale)
+    return g @ _np(mixer.out_proj.kernel)
+
+
+def test_mixer_matches_numpy_reference():
+    block, _ = _tiny_block()
+    u = jax.random.normal(jax.random.key(4), (2, 19, 32))            # 19: not a multiple of chunk_size 8
+    np.testing.assert_allclose(_mixer(block.mixer, u), mamba2_mixer_numpy(block.mixer, np.asarray(u, np.float64)),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_vit_block_matches_numpy_reference():
+    model = create_model("vit_tiny", head_dim=16, **TINY_VIT)      # 2 heads of 16
+    assert model.heads == 2
+    block = model.blocks[0]
+    x = np.asarray(jax.random.normal(jax.random.key(5), (2, 17, 32)), np.float64)
+
+    def ln(v, norm):
+        v = (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-6)
+        return v * _np(norm.scale) + _np(norm.bias)
+
+    def lin(v, layer):
+        return v @ _np(layer.kernel) + _np(layer.bias)
+
+    heads = model.heads
+    qkv = lin(ln(x, block.norm1), block.attn.qkv).reshape(2, 17, 3, heads, 32 // heads)
+    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+    logits = q @ k.transpose(0, 1, 3, 2) / math.sqrt(32 // heads)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    o = ((p / p.sum(-1, keepdims=True)) @ v).transpose(0, 2, 1, 3).reshape(2, 17, 32)
+    y = x + lin(o, block.attn.proj)
+    h = lin(ln(y, block.norm2), block.mlp.fc1)
+    h = 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))
+    ref = y + lin(h, block.mlp.fc2)
+    out = nnx.jit(lambda blk, x: blk(x))(block, jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_causal_conv_matches_lax_conv():
+    block, _ = _tiny_block()
+    conv = block.mixer.conv1d
+    u = jax.random.normal(jax.random.key(3), (2, 11, conv.kernel.shape[-1]))
+    ref = conv(u)                                                      # nnx.Conv: lax conv, left padding K-1
+    np.testing.assert_allclose(adv.causal_depthwise_conv(u, conv.kernel[...], conv.bias[...]), ref,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_adventurer_init_rules():
+    depth = 4
+    model = create_model("adventurer_tiny", **dict(TINY_ADV, depth=depth))     # width 32, d_inner 64, 2 heads
+    mixer = model.blocks[1].mixer
+    a_log = np.asarray(mixer.A_log[...])
+    assert np.all(a_log >= 0) and np.all(a_log <= math.log(16)) and a_log.shape == (2,)
+    dt0 = np.asarray(jax.nn.softplus(mixer.dt_bias[...]))
+    assert np.all(dt0 >= 1e-3 * 0.999) and np.all(dt0 <= 1e-1 * 1.001)
+    np.testing.assert_array_equal(mixer.D[...], 1.0)
+    for w in (mixer.conv1d.kernel, mixer.conv1d.bias):
+        assert np.abs(np.asarray(w[...])).max() <= 0.5 and np.abs(np.asarray(w[...])).max() > 0.4
+    assert np.abs(np.asarray(mixer.in_proj.kernel[...])).max() <= 1 / math.sqrt(32)
+    out_bound = 1 / math.sqrt(64) / math.sqrt(depth)
+    assert np.abs(np.asarray(mixer.out_proj.kernel[...])).max() <= out_bound
+    assert np.abs(np.asarray(mixer.out_proj.kernel[...])).max() > 0.9 * out_bound
+    w3 = np.asarray(model.blocks[0].mlp.w3.kernel[...])
+    assert np.abs(w3).max() > 0.9 / math.sqrt(80)                    # w3 is NOT rescaled by √depth
+    np.testing.assert_array_equal(model.blocks[0].mlp.w1.bias[...], 0.0)
+    np.testing.assert_array_equal(mixer.norm.scale[...], 1.0)
+    assert 0.015 < np.std(np.asarray(model.pos_embed[...])) < 0.025
+    np.testing.assert_array_equal(model.patch_embed.bias[...], 0.0)
+    # lecun_normal: std 1/√fan_in with fan_in = C·p² = 48.
+    assert 0.85 < np.std(np.asarray(model.patch_embed.kernel[...])) * math.sqrt(48) < 1.15
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dtype, remat, drop-path
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,cfg", [("adventurer_tiny", TINY_ADV), ("vit_tiny", TINY_VIT)])
+def test_bf16_and_remat(name, cfg):
+    x = _images()
+    y = jax.random.normal(jax.random.key(5), (2, 10))
+    grads = {}
+    for dtype, remat in (("float32", None), ("float32", "nothing_saveable"), ("bfloat16", None)):
+        model = create_model(name, dtype=dtype, remat=remat, **cfg)
+        graphdef, state = nnx.split(model)
+
+        def loss(state):
+            logits = nnx.merge(graphdef, state)(x)
+            return jnp.mean((logits - y) ** 2), logits
+
+        (_, logits), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
+        assert logits.dtype == jnp.float32
+        grads[dtype, remat] = (logits, g)
+    ref_logits, ref_grads = grads["float32", None]
+    bf_logits, bf_grads = grads["bfloat16", None]
+    assert jnp.abs(bf_logits - ref_logits).max() < 0.03 * jnp.abs(ref_logits).max()
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(bf_grads))
+    _, rm_grads = grads["float32", "nothing_saveable"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), ref_grads, rm_grads)
+
+
+def test_drop_path_rates_schedules():
+    rates = drop_path_rates(0.1, 12, "released_code")
+    assert rates[0] == rates[1] == 0.0
+    np.testing.assert_allclose(rates[2:], [0.1 * (i - 1) / 11 for i in range(2, 12)])
+    np.testing.assert_allclose(rates[-1], 0.0909, atol=1e-4)
+    np.testing.assert_allclose(drop_path_rates(0.1, 12, "linear"), [0.1 * i / 11 for i in range(12)])
+    with pytest.raises(ValueError, match="linear"):
+        drop_path_rates(0.1, 12, "cosine")
+
+
+def test_drop_path_masks_per_sample():
+    x = jnp.ones((64, 5, 3))
+    out = np.asarray(common.drop_path(x, 0.25, jax.random.key(0)))
+    per_sample = out.reshape(64, -1)
+    assert np.all((per_sample == 0).all(1) | np.isclose(per_sample, 1 / 0.75).all(1))
+    assert 0 < (per_sample[:, 0] == 0).sum() < 64
+    np.testing.assert_array_equal(common.drop_path(x, 0.25, None), x)
+
+
+@pytest.mark.parametrize("name,cfg", [("adventurer_tiny", TINY_ADV), ("vit_tiny", TINY_VIT)])
+def test_drop_path_train_vs_eval(name, cfg):
+    model = create_model(name, drop_path=0.5, drop_path_schedule="linear", **cfg)
+    x = _images(batch=8)
+    fwd = nnx.jit(lambda m, x, rng: m(x, train=True, rng=rng))
+    fwd_eval = nnx.jit(lambda m, x, rng: m(x, train=False, rng=rng))
+    ev = _forward(model, x)
+    np.testing.assert_array_equal(ev, _forward(model, x))             # eval is deterministic
+    np.testing.assert_array_equal(ev, fwd_eval(model, x, jax.random.key(0)))
+    t0 = fwd(model, x, jax.random.key(0))
+    assert not np.allclose(t0, ev, atol=1e-4)
+    np.testing.assert_array_equal(t0, fwd(model, x, jax.random.key(0)))
+    assert not np.allclose(t0, fwd(model, x, jax.random.key(1)), atol=1e-4)
+    with pytest.raises(ValueError, match="rng"):
+        model(x, train=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training sanity: overfit a fixed batch
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,cfg,lr", [("adventurer_tiny", TINY_ADV, 3e-3), ("vit_tiny", TINY_VIT, 3e-3)])
+def test_overfits_fixed_batch(name, cfg, lr):
+    model = create_model(name, **cfg)
+    x = _images(batch=8, seed=7)
+    labels = jnp.arange(8) % 10
+    tx = optax.adam(lr)
+    graphdef, params = nnx.split(model)
+    opt_state = tx.init(params)
+
+    def loss_fn(params):
+        logits = nnx.merge(graphdef, params)(x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    @jax.jit
+    def step(params, opt_state):
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    losses = []
+    for _ in range(80):
+        params, opt_state, loss = step(params, opt_state)
+        losses.append(float(loss))
+    assert np.isfinite(losses).all()
+    assert min(losses[-5:]) < losses[0] / 10, (losses[0], losses[-5:])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# memory: linear vs quadratic in tokens (compile only)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _grad_temp_bytes(name, res, **kw):
+    model = nnx.eval_shape(lambda: create_model(name, patch_size=1, image_size=res, num_classes=10,
+                                                num_channels=1, **kw))
+    graphdef, state = nnx.split(model)                                # abstract: nothing is allocated or run
+
+    def loss(state, x):
+        return jnp.mean(nnx.merge(graphdef, state)(x))
+
+    x = jax.ShapeDtypeStruct((1, res, res, 1), jnp.float32)
+    return jax.jit(jax.grad(loss)).lower(state, x).compile().memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.slow
+def test_grad_memory_linear_for_adventurer_quadratic_for_vit(record_property):
+    """Compiled (not run) forward+backward temp memory at p=1, batch 1: SSD linear in tokens, attention quadratic."""
+    sides = (32, 64, 128)                                             # 1k, 4k, 16k tokens at p=1
+    adv_bytes = [_grad_temp_bytes("adventurer_tiny", s, width=32, depth=1, d_state=16, head_dim=32,
+                                  chunk_size=256) for s in sides]
+    vit_bytes = [_grad_temp_bytes("vit_tiny", s, width=32, depth=1) for s in sides]
+    record_property("adventurer_temp_bytes", adv_bytes)
+    record_property("vit_temp_bytes", vit_bytes)
+    print("grad temp bytes (1k, 4k, 16k tokens): adventurer", adv_bytes, "vit", vit_bytes)
+    adv_ratios = [b / a for a, b in zip(adv_bytes, adv_bytes[1:])]
+    vit_ratios = [b / a for a, b in zip(vit_bytes, vit_bytes[1:])]
+    assert all(r <= 4.5 for r in adv_ratios), adv_ratios
+    assert all(r >= 8.0 for r in vit_ratios), vit_ratios
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# position-embedding and patch-kernel resizing
+# ---------------------------------------------------------------------------------------------------------------
+
+def keys_matrix_numpy(n_in, n_out, a=-0.75):
+    """Independent PyTorch-style bicubic weights: vectorised, written from Keys' piecewise cubic."""
+    dst = np.arange(n_out, dtype=np.float64)
+    src = (dst + 0.5) * (n_in / n_out) - 0.5
+    base = np.floor(src)
+    t = src - base
+    m = np.zeros((n_out, n_in))
+    for tap in (-1, 0, 1, 2):
+        s = np.abs(t - tap)
+        w = np.where(s <= 1, (a + 2) * s**3 - (a + 3) * s**2 + 1,
+                     np.where(s < 2, a * s**3 - 5 * a * s**2 + 8 * a * s - 4 * a, 0.0))
+        idx = np.clip(base + tap, 0, n_in - 1).astype(int)
+        np.add.at(m, (np.arange(n_out), idx), w)
+    return m
+
+
+def test_cubic_matrix_parity_and_properties():
+    for n_in, n_out in ((8, 14), (14, 8), (7, 7), (4, 16), (16, 5)):
+        mine = common.keys_cubic_matrix(n_in, n_out)
+        np.testing.assert_allclose(mine, keys_matrix_numpy(n_in, n_out), atol=1e-12)
+        np.testing.assert_allclose(mine.sum(1), 1.0, atol=1e-12)      # constants stay constant
+    np.testing.assert_array_equal(common.keys_cubic_matrix(9, 9), np.eye(9))
+    # Exact 2× upsampling weights of PyTorch bicubic (a=-0.75): t = 0.75 and 0.25.
+    # Output 5 samples source 2.25 (t = 0.25): taps 1..4 weigh W(1.25), W(0.25), W(0.75), W(1.75).
+    np.testing.assert_allclose(common.keys_cubic_matrix(8, 16)[5, 1:5], [-0.10546875, 0.87890625, 0.26171875,
+                                                                         -0.03515625], atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["vit", "adventurer"])
+def test_resize_posemb(layout):
+    g, d = 6, 5
+    pe = jax.random.normal(jax.random.key(0), (1, g * g + 1, d))
+    np.testing.assert_allclose(resize_posemb(pe, g, layout=layout), pe, atol=1e-6)
+    out = resize_posemb(pe, 10, layout=layout)
+    assert out.shape == (1, 101, d)
+    cls_in, grid_in = (pe[:, 0], pe[:, 1:]) if layout == "vit" else (pe[:, -1], pe[:, :-1])
+    cls_out, grid_out = (out[:, 0], out[:, 1:]) if layout == "vit" else (out[:, -1], out[:, :-1])
+    np.testing.assert_array_equal(cls_out, cls_in)
+    m = keys_matrix_numpy(g, 10)
+    ref = np.einsum("ih,jw,hwd->ijd", m, m, np.asarray(grid_in, np.float64).reshape(g, g, d)).reshape(1, 100, d)
+    np.testing.assert_allclose(grid_out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_resize_posemb_released_code_bug():
+    g, d = 4, 3
+    pe = jax.random.normal(jax.random.key(1), (1, g * g + 1, d))      # Adventurer layout: cls is the last row
+    out = resize_posemb(pe, 6, layout="adventurer", method="released_code")
+    np.testing.assert_array_equal(out[:, 0], pe[:, 0])                # patch 0 carried over as the "extra token"
+    m = keys_matrix_numpy(g, 6)
+    ref = np.einsum("ih,jw,hwd->ijd", m, m, np.asarray(pe[0, 1:], np.float64).reshape(g, g, d)).reshape(36, d)
+    np.testing.assert_allclose(out[0, 1:], ref, rtol=1e-5, atol=1e-5)  # cls row interpolated as a grid cell
+    np.testing.assert_allclose(resize_posemb(pe, 6, layout="vit", method="released_code"),
+                               resize_posemb(pe, 6, layout="vit"), atol=1e-6)
+
+
+def test_resize_patch_embed_pseudo_inverse():
+    p, c, d = 4, 3, 6
+    w = jax.random.normal(jax.random.key(0), (p, p, c, d))
+    x = jax.random.normal(jax.random.key(1), (10, p, p, c))
+    for new in (4, 6, 8):
+        w_new = resize_patch_embed(w, new)
+        assert w_new.shape == (new, new, c, d)
+        x_up = jax.image.resize(x, (10, new, new, c), method="bilinear")
+        np.testing.assert_allclose(jnp.einsum("bhwc,hwcd->bd", x_up, w_new),
+                                   jnp.einsum("bhwc,hwcd->bd", x, w), rtol=1e-3, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FLOPs (adventurer.md §10)
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_flops_per_layer_and_tokens():
+    np.testing.assert_allclose(flops.adventurer_layer_flops(768, chunk_size=256) / 1e6, 17.38, atol=0.005)
+    np.testing.assert_allclose(flops.adventurer_layer_flops(768, chunk_size=128) / 1e6, 16.97, atol=0.005)
+    for d, ref in ((256, 2.27), (512, 8.05), (1024, 30.26)):
+        np.testing.assert_allclose(flops.adventurer_layer_flops(d, chunk_size=256) / 1e6, ref, atol=0.005)
+    np.testing.assert_allclose(flops.vit_layer_flops(768, 197) / 1e6, 14.8, atol=0.05)
+    np.testing.assert_allclose(flops.vit_layer_flops(768, 50_177) / 1e6, 168.3, atol=0.05)
+    assert flops.tokens_per_image("vit_base", 16, 224) == 197
+    assert flops.tokens_per_image("adventurer_base", 16, 224) == 198
+    assert flops.tokens_per_image("adventurer_base", 1, 224) == 50_178
+    with pytest.raises(ValueError, match=r"(?=.*\b3\b)(?=.*\b224\b)"):
+        flops.tokens_per_image("vit_base", 3, 224)
+
+
+def test_train_flops_table():
+    table = {16: (0.105, 0.124), 8: (0.468, 0.492), 4: (2.69, 1.96), 2: (23.8, 7.85), 1: (304, 31.4)}
+    for p, (vit_t, adv_t) in table.items():
+        v = flops.train_flops_per_image("vit_base", p, 224) / 1e12
+        a = flops.train_flops_per_image("adventurer_base", p, 224, chunk_size=256) / 1e12
+        np.testing.assert_allclose(v, vit_t, rtol=5e-3)
+        np.testing.assert_allclose(a, adv_t, rtol=5e-3)
+    ratio = [flops.train_flops_per_image("vit_base", 1, s) / flops.train_flops_per_image(
+        "adventurer_base", 1, s, chunk_size=256) for s in (128, 64)]
+    np.testing.assert_allclose(ratio, [3.71, 1.54], atol=0.006)
+    # Overrides: depth scales linearly, width changes the per-layer cost, chunk_size defaults to 128.
+    base = flops.train_flops_per_image("adventurer_base", 16, 224)
+    np.testing.assert_allclose(base, 3 * 12 * 198 * flops.adventurer_layer_flops(768, chunk_size=128))
+    np.testing.assert_allclose(flops.train_flops_per_image("adventurer_base", 16, 224, depth=6), base / 2)
+    np.testing.assert_allclose(flops.train_flops_per_image("vit_tiny", 16, 224, width=768),
+                               flops.train_flops_per_image("vit_base", 16, 224))
