@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.9,<4",
     "pillow>=10,<14",          # TF-free image decoding for tfds.features.Image
     "tensorboardX>=2.6.2,<2.7",  # TensorBoard events without TensorFlow
+    "threadpoolctl>=3.1,<4",    # scaling fits: 1 BLAS thread (tiny L-BFGS solves crawl when oversubscribed)
 ]
 
 EXTRAS = {
