@@ -1,0 +1,308 @@
+"""Per-device training memory: an analytic estimate per (model, patch, resolution, dtype, remat, chunk, batch), and
+the compiled truth (`memory_analysis()`) to compare it with.
+
+    python -m pixeltok.memory --config=configs/adventurer_base.py:p1 [--batch 4] [--device-gib 80] [--measure]
+
+The model (all sizes in bytes; T = tokens in the blocks (n+1 ViT, n+2 Adventurer), d width, D = 2d mixer width,
+N d_state, H heads, h SwiGLU/MLP hidden, Q chunk, c compute-dtype bytes, f = 4 float32 bytes):
+
+* **train state** = 16 B/param: fp32 params 4, grads 4, AdamW mu + nu 8 (divided by the fsdp size).
+* **saved activations per block per token** = the residuals autodiff keeps for the backward pass, as the models
+  compute them (pixeltok/models/*.py; float32 where the code runs in float32, the compute dtype elsewhere):
+  - Adventurer, float32 part: block input d, in_proj output 2D+2N+H, conv pre-activation D+2N, dt H, SSD output D,
+    gated product D, out_proj output d, mid residual d, SwiGLU w1 and w2 outputs 2h, plus the chunk states
+    (state, state entering the chunk, associative-scan partials) 3·D·N/Q;
+    compute-dtype part: norm output d, mixer input (flip + heading token) d, x/B/C after conv+SiLU D+2N, gated-norm
+    output D, norm2 output d, SwiGLU product h.
+  - ViT, float32 part: block input d, qkv 3d, mid residual d, fc1 output h; compute-dtype part: LN outputs 2d, q/k/v
+    3d, attention output d, GELU output h; attention `xla` also keeps the softmax probabilities heads·T (float32),
+    `cudnn`/flash only the log-sum-exp (heads floats).
+  With a `dots*` remat policy only the matmul outputs among these are kept.
+* **across the backward pass**: no remat → all blocks' saved activations; remat (`nothing_saveable`/`full`) → the
+  block inputs only, depth·T·d·f (adventurer.md §9).
+* **working set** of the block being differentiated: its saved activations again for their cotangents, and once more
+  when remat recomputes them (remat: 2×, no remat: 1×).
+* **transient** of that block: SSD (adventurer.md §8) ≈ 6 (Q, Q)-per-chunk float32 decay/score tensors live in
+  the backward of the rematerialised intra-chunk step → 6·T·Q·H·f + 2·T·Q·G·f (C·Bᵀ and its cotangent);
+  ViT `xla` attention: scores, probabilities and their two cotangents, 4·heads·T²·f; flash: ~0.
+* **embed/head**: image, patch tokens and their cotangents ≈ H·W·C·f + 3·T·d·f per image.
+
+Activations scale with the per-device batch; `estimate(...).total_bytes` is what one device needs. Everything is an
+upper-bound style count: XLA fuses elementwise chains and reuses buffers, see `measure_compiled` for the truth
+(the report `python -m pixeltok.memory --measure` prints both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+GIB = 1024**3
+_FULL_REMAT = ("full", "nothing_saveable", "everything_saveable_but_nothing")   # block input only
+
+
+@dataclasses.dataclass
+class MemoryEstimate:
+    """Bytes per device for one training step (see module doc for the model behind each field)."""
+    model_name: str
+    patch_size: int
+    image_size: int
+    batch: int
+    dtype: str
+    remat: str
+    chunk_size: int
+    tokens: int
+    num_params: int
+    fsdp: int
+    state_bytes: int            # params + grads + AdamW, / fsdp
+    block_bytes: int            # saved activations of one block, whole per-device batch
+    saved_bytes: int            # what lives across the backward pass (all blocks, or block inputs with remat)
+    working_bytes: int          # the differentiated block's working set
+    transient_bytes: int        # SSD decay matrices / attention scores of one block
+    embed_bytes: int            # image + patch tokens + head
+
+    @property
+    def activation_bytes(self) -> int:
+        """Everything batch-dependent: the part `memory_analysis().temp_size_in_bytes` measures (+ grads)."""
+        return self.saved_bytes + self.working_bytes + self.transient_bytes + self.embed_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return self.state_bytes + self.activation_bytes
+
+    def fits(self, device_bytes: float, headroom: float = 0.9) -> bool:
+        """True when the total stays under `headroom` of the device memory (XLA needs some slack)."""
+        return self.total_bytes <= headroom * device_bytes
+
+    def max_batch(self, device_bytes: float, headroom: float = 0.9) -> int:
+        """Largest per-device batch that fits (activations are linear in the batch)."""
+        per_image = self.activation_bytes / self.batch
+        return max(0, int((headroom * device_bytes - self.state_bytes) // per_image))
+
+    def table(self, device_bytes: float | None = None) -> str:
+        """Human-readable summary (GiB)."""
+        g = lambda b: f"{b / GIB:9.3f} GiB"  # noqa: E731
+        lines = [f"{self.model_name} p{self.patch_size} @{self.image_size}: {self.tokens:,} tokens, "
+                 f"{self.num_params:,} params, batch {self.batch}/device, dtype {self.dtype}, "
+                 f"remat {self.remat or 'none'}, chunk {self.chunk_size}, fsdp {self.fsdp}",
+                 f"  train state (params+grads+AdamW) {g(self.state_bytes)}",
+                 f"  saved across backward           {g(self.saved_bytes)}   (one block: {g(self.block_bytes)})",
+                 f"  working set of one block        {g(self.working_bytes)}",
+                 f"  scan / attention transient      {g(self.transient_bytes)}",
+                 f"  embed + head                    {g(self.embed_bytes)}",
+                 f"  total                           {g(self.total_bytes)}"]
+        if device_bytes:
+            verdict = "fits" if self.fits(device_bytes) else "DOES NOT FIT"
+            lines.append(f"  device {device_bytes / GIB:.0f} GiB: {verdict} (90 % headroom); max batch/device "
+                         f"{self.max_batch(device_bytes)}")
+        return "\n".join(lines)
+
+
+def _remat_kind(remat: Any) -> str:
+    if remat in (None, "", False):
+        return "none"
+    if remat is True or remat in _FULL_REMAT:
+        return "full"
+    if isinstance(remat, str) and remat.startswith("dots"):
+        return "dots"
+    return "none"               # unknown policies: assume the worst (everything saved)
+
+
+def adventurer_block_terms(d: int, *, d_state: int = 64, expand: int = 2, head_dim: int = 64, ngroups: int = 1,
+                           chunk_size: int = 128, hidden: int | None = None) -> dict[str, tuple[float, bool, bool]]:
+    """Saved tensors of one Adventurer block per token: name -> (elements, is_float32, is_matmul_output)."""
+    D, N, G, Q = expand * d, d_state, ngroups, chunk_size
+    H = D // min(head_dim, D)
+    h = int(2.5 * d) if hidden is None else hidden
+    return {
+        "block_input": (d, True, False), "in_proj_out": (2 * D + 2 * G * N + H, True, True),
+        "conv_preact": (D + 2 * G * N, True, False), "dt": (H, True, False), "ssd_out": (D, True, True),
+        "gated": (D, True, False), "out_proj_out": (d, True, True), "mid_residual": (d, True, False),
+        "w1_w2_out": (2 * h, True, True), "chunk_states": (3 * D * N / Q, True, True),
+        "norm_out": (d, False, False), "mixer_in": (d, False, False), "xbc": (D + 2 * G * N, False, False),
+        "gnorm_out": (D, False, False), "norm2_out": (d, False, False), "swiglu_prod": (h, False, False),
+    }
+
+
+def vit_block_terms(d: int, tokens: int, *, heads: int, mlp_ratio: float = 4.0,
+                    attn_impl: str = "xla") -> dict[str, tuple[float, bool, bool]]:
+    """Saved tensors of one ViT block per token: name -> (elements, is_float32, is_matmul_output)."""
+    h = int(mlp_ratio * d)
+    terms = {"block_input": (d, True, False), "qkv_out": (3 * d, True, True), "mid_residual": (d, True, False),
+             "fc1_out": (h, True, True), "ln_outs": (2 * d, False, False), "qkv_cast": (3 * d, False, False),
+             "attn_out": (d, False, True), "gelu_out": (h, False, False)}
+    terms["attn_probs"] = (heads * tokens, True, True) if attn_impl == "xla" else (heads, True, True)
+    return terms
+
+
+def _block_bytes(terms, c: int, kind: str) -> float:
+    return sum(n * (4 if f32 else c) for n, f32, dot in terms.values() if kind != "dots" or dot)
+
+
+def estimate(model_name: str, patch_size: int, image_size: int, *, batch: int = 1, dtype: str = "float32",
+             remat: Any = "", chunk_size: int = 128, num_classes: int = 1000, num_channels: int = 3,
+             attn_impl: str = "xla", fsdp: int = 1, num_params: int | None = None, **overrides) -> MemoryEstimate:
+    """Analytic per-device training memory (module doc) for `batch` images per device.
+
+    `overrides` are create_model's architecture overrides (width, depth, d_state, ...). `num_params` skips the
+    abstract model build (`nnx.eval_shape`) when known.
+    """
+    from pixeltok import flops
+    from pixeltok.models import resolve_architecture
+    arch, kw = resolve_architecture(model_name, **overrides)
+    d, depth = kw["width"], kw["depth"]
+    tokens = flops.tokens_per_image(model_name, patch_size, image_size)
+    c = 2 if dtype in ("bfloat16", "bf16", "float16") else 4
+    kind = _remat_kind(remat)
+    if arch == "adventurer":
+        arch_kw = {k: kw[k] for k in ("d_state", "expand") if k in kw}
+        terms = adventurer_block_terms(d, chunk_size=chunk_size, head_dim=kw.get("head_dim", 64), **arch_kw)
+        D = kw.get("expand", 2) * d
+        heads = D // min(kw.get("head_dim", 64), D)
+        q = min(chunk_size, tokens)
+        transient = (6 * heads + 2) * tokens * q * 4                # per image
+    else:
+        from pixeltok.models import vit_heads
+        heads = vit_heads(d, kw.get("head_dim"))
+        terms = vit_block_terms(d, tokens, heads=heads, mlp_ratio=kw.get("mlp_ratio", 4.0), attn_impl=attn_impl)
+        transient = 4 * heads * tokens * tokens * 4 if attn_impl == "xla" else 0
+    block = _block_bytes(terms, c, "none") * tokens * batch
+    kept = _block_bytes(terms, c, kind) * tokens * batch
+    if kind == "full":
+        saved = depth * tokens * d * 4 * batch
+        working = 2 * block
+    elif kind == "dots":
+        saved = depth * (kept + tokens * d * 4 * batch)
+        working = 2 * block
+    else:
+        saved = depth * block
+        working = block
+    if num_params is None:
+        num_params = count_params_abstract(model_name, patch_size, image_size, num_classes=num_classes,
+                                           num_channels=num_channels, **overrides)
+    embed = (image_size * image_size * num_channels * 4 + 3 * tokens * d * 4) * batch
+    return MemoryEstimate(model_name, patch_size, image_size, batch, dtype, str(remat or ""), chunk_size, tokens,
+                          num_params, fsdp, int(16 * num_params / fsdp), int(block), int(saved), int(working),
+                          int(transient * batch), int(embed))
+
+
+def count_params_abstract(model_name: str, patch_size: int, image_size: int, **kwargs) -> int:
+    """Parameter count without allocating: `nnx.eval_shape` of create_model (CONTRACT §2)."""
+    from flax import nnx
+    from pixeltok.models import count_params, create_model
+    return count_params(nnx.eval_shape(lambda: create_model(model_name, patch_size, image_size, **kwargs)))
+
+
+# ----------------------------------------------------------------------------------------------------------- config
+def _dataset_defaults(config) -> tuple[int, int]:
+    """(num_classes, num_channels) when the config leaves them to the data set (-1)."""
+    imagenet = str(config.get("dataset", "")).startswith(("imagenet", "imagefolder"))
+    k = config.get("num_classes", -1)
+    ch = config.get("num_channels", -1)
+    return (k if k > 0 else (1000 if imagenet else 10)), (ch if ch > 0 else (3 if imagenet else 1))
+
+
+def from_config(config, *, num_devices: int = 1, batch: int | None = None) -> MemoryEstimate:
+    """Estimate for a pixeltok config on `num_devices` devices (data x fsdp): per-device micro-batch =
+    batch_size / accum_steps / devices unless `batch` is given."""
+    mesh = dict(config.get("mesh", {}) or {})
+    fsdp = max(1, int(mesh.get("fsdp", 1)))
+    if batch is None:
+        micro = config.batch_size // max(1, config.get("accum_steps", 1))
+        batch = max(1, math.ceil(micro / num_devices))
+    model_cfg = dict(config.get("model", {}) or {})
+    chunk = int(model_cfg.pop("chunk_size", 128))
+    from pixeltok.models import resolve_architecture, valid_overrides
+    arch = resolve_architecture(config.model_name)[0]
+    overrides = {k: v for k, v in model_cfg.items() if k in valid_overrides(config.model_name)}
+    if arch == "adventurer":
+        overrides["chunk_size"] = chunk
+    k, ch = _dataset_defaults(config)
+    return estimate(config.model_name, config.patch_size, config.image_size, batch=batch,
+                    dtype=config.get("dtype", "float32"), remat=config.get("remat", ""), chunk_size=chunk,
+                    num_classes=k, num_channels=ch, fsdp=fsdp, **overrides)
+
+
+def describe(config, *, num_devices: int = 1, device_bytes: float | None = None) -> str:
+    """The estimate table for a config (train.py prints it before a run); `device_bytes` adds a fits/doesn't line."""
+    return from_config(config, num_devices=num_devices).table(device_bytes)
+
+
+# -------------------------------------------------------------------------------------------------------- compiled
+def measure_compiled(model_name: str, patch_size: int, image_size: int, *, batch: int = 1, dtype: str = "float32",
+                     remat: Any = "", num_classes: int = 1000, num_channels: int = 3, **overrides) -> dict:
+    """Compiles loss + grads w.r.t. all params (no allocation: abstract inputs) and returns XLA's memory analysis.
+
+    Returns:
+      dict(temp_bytes, argument_bytes, output_bytes, generated_code_bytes, compile_seconds). `temp_bytes` is the
+      activation + transient memory; gradients are outputs (`output_bytes` ≈ 4 B/param).
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+    from pixeltok.models import create_model
+
+    abstract = nnx.eval_shape(lambda: create_model(model_name, patch_size, image_size, num_classes=num_classes,
+                                                   num_channels=num_channels, dtype=dtype, remat=remat or None,
+                                                   **overrides))
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+
+    def loss_fn(params, rest, images, labels):
+        model = nnx.merge(graphdef, params, rest)
+        return optax.softmax_cross_entropy_with_integer_labels(model(images, train=True), labels).mean()
+
+    images = jax.ShapeDtypeStruct((batch, image_size, image_size, num_channels), jnp.float32)
+    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    t0 = time.perf_counter()
+    compiled = jax.jit(jax.value_and_grad(loss_fn)).lower(params, rest, images, labels).compile()
+    seconds = time.perf_counter() - t0
+    ma = compiled.memory_analysis()
+    return dict(temp_bytes=int(ma.temp_size_in_bytes), argument_bytes=int(ma.argument_size_in_bytes),
+                output_bytes=int(ma.output_size_in_bytes), generated_code_bytes=int(ma.generated_code_size_in_bytes),
+                compile_seconds=seconds)
+
+
+# --------------------------------------------------------------------------------------------------------------- CLI
+def main(argv) -> None:
+    from absl import flags
+    del argv
+    config = flags.FLAGS.config
+    device = flags.FLAGS.device_gib * GIB if flags.FLAGS.device_gib else None
+    est = from_config(config, num_devices=flags.FLAGS.devices, batch=flags.FLAGS.batch)
+    print(est.table(device))
+    if flags.FLAGS.measure:
+        from pixeltok.models import resolve_architecture, valid_overrides
+        model_cfg = {k: v for k, v in dict(config.get("model", {}) or {}).items()
+                     if k in valid_overrides(config.model_name)}
+        if resolve_architecture(config.model_name)[0] != "adventurer":
+            model_cfg.pop("chunk_size", None)
+        k, ch = _dataset_defaults(config)
+        m = measure_compiled(config.model_name, config.patch_size, config.image_size, batch=est.batch,
+                             dtype=config.get("dtype", "float32"), remat=config.get("remat", ""), num_classes=k,
+                             num_channels=ch, **model_cfg)
+        print(f"  compiled (memory_analysis): temp {m['temp_bytes'] / GIB:.3f} GiB vs estimated activations "
+              f"{est.activation_bytes / GIB:.3f} GiB (ratio {est.activation_bytes / max(m['temp_bytes'], 1):.2f}); "
+              f"grads {m['output_bytes'] / GIB:.3f} GiB; compile {m['compile_seconds']:.1f} s")
+
+
+def _define_flags() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file("config", None, "config file[:arg]", lock_config=False)
+    flags.DEFINE_integer("batch", None, "images per device (default: batch_size / accum_steps / devices)")
+    flags.DEFINE_integer("devices", 1, "data-parallel devices the global batch is split over")
+    flags.DEFINE_float("device_gib", 0.0, "device memory in GiB for the fits / max-batch line (0: skip)")
+    flags.DEFINE_bool("measure", False, "also compile forward+backward and print XLA's memory_analysis")
+    flags.mark_flag_as_required("config")
+
+
+if __name__ == "__main__":
+    import sys
+    from absl import app
+    _define_flags()
+    # Accept the hyphenated spellings too (--device-gib as in the docs).
+    sys.argv = [a.replace("--device-gib", "--device_gib") for a in sys.argv]
+    app.run(main)

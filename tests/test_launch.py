@@ -1,0 +1,192 @@
+"""launch/*: exact dry-run commands of the three launchers; the sweep's skipping, failure handling and parallelism.
+
+Sweep execution uses a fake interpreter (a small script standing in for `python -m pixeltok.main`) so no training
+runs here; the real CLI is exercised by test_sharding.py / test_multihost.py.
+"""
+
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"launch_{name}", REPO / "launch" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module         # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+sweep, tpu_pod, slurm = _load("sweep"), _load("tpu_pod"), _load("slurm")
+
+
+# ----------------------------------------------------------------------------------------------------------- sweep
+def test_sweep_dry_run_grid_exact(tmp_path, capsys):
+    (tmp_path / "vit_tiny_p8_s1").mkdir()
+    (tmp_path / "vit_tiny_p8_s1" / "DONE").write_text("{}")           # finished: skipped
+    (tmp_path / "vit_tiny_p16_s0").mkdir()                              # started but unfinished: rerun (resume)
+    rc = sweep.main(["--root", str(tmp_path), "--models", "vit_tiny,adventurer_tiny", "--patches", "16,8",
+                     "--seeds", "0,1", "--python", "py", "--dry-run", "--config.total_steps=30"])
+    out = capsys.readouterr()
+    r = str(tmp_path)
+    expected = [
+        f"py -m pixeltok.main --config=configs/quickstart.py --workdir={r}/{m}_p{p}_s{s} --config.model_name={m} "
+        f"--config.patch_size={p} --config.seed={s} --config.total_steps=30"
+        for m in ("vit_tiny", "adventurer_tiny") for p in (16, 8) for s in (0, 1) if (m, p, s) != ("vit_tiny", 8, 1)]
+    assert rc == 0 and out.out.splitlines() == expected
+    assert "skip vit_tiny_p8_s1" in out.err
+    assert not (tmp_path / "adventurer_tiny_p8_s0").exists()            # dry run creates nothing
+
+
+def test_sweep_module_and_cli_subprocess(tmp_path):
+    module = tmp_path / "mysweep.py"
+    module.write_text(textwrap.dedent("""
+        def get_sweep():
+            return [{"name": "a", "config": "configs/quickstart.py:p4", "overrides": {"model_name": "vit_tiny"}},
+                    {"name": "b", "config": "configs/x.py", "overrides": {"mesh.data": 2, "remat": ""}}]
+    """))
+    out = subprocess.run([sys.executable, str(REPO / "launch" / "sweep.py"), "--sweep", str(module), "--root", "R",
+                          "--python", "py", "--dry-run", "--only", "^b$"], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["py -m pixeltok.main --config=configs/x.py --workdir=R/b --config.mesh.data=2 "
+                                       "--config.remat="]
+    bad = subprocess.run([sys.executable, str(REPO / "launch" / "sweep.py"), "--root", "R", "--models", "x",
+                          "--patches", "4", "--bogus", "--dry-run"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--bogus" in bad.stderr
+
+
+FAKE_MAIN = """#!{python}
+# Stands in for `python -m pixeltok.main`: records its interval, fails for seed 1 at patch 8.
+import json, sys, time
+args = dict(a.split("=", 1) for a in sys.argv[3:] if "=" in a)
+t0 = time.time()
+time.sleep(0.4)
+with open(args["--workdir"] + "/fake.json", "a") as f:
+    f.write(json.dumps({{"t0": t0, "t1": time.time(), "argv": sys.argv[1:]}}) + "\\n")
+sys.exit(3 if (args["--config.seed"], args["--config.patch_size"]) == ("1", "8") else 0)
+"""
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_sweep_runs_skips_and_reports_failures(tmp_path, capsys, parallel):
+    fake = tmp_path / "fakepy"
+    fake.write_text(FAKE_MAIN.format(python=sys.executable))
+    fake.chmod(0o755)
+    root = tmp_path / "runs"
+    args = ["--root", str(root), "--models", "m", "--patches", "16,8", "--seeds", "0,1", "--python", str(fake),
+            "--parallel", str(parallel)]
+    assert sweep.main(args) == 1                                        # one failure -> exit status 1
+    err = capsys.readouterr().err
+    assert "1 of 4 runs failed: m_p8_s1 (exit 3)" in err
+    done = sorted(p.parent.name for p in root.glob("*/DONE"))
+    assert done == ["m_p16_s0", "m_p16_s1", "m_p8_s0"]                 # the sweep went on after the failure
+    assert json.loads((root / "m_p16_s0" / "DONE").read_text())["command"][0] == str(fake)
+    intervals = sorted((json.loads(p.read_text().splitlines()[0])["t0"], json.loads(p.read_text().splitlines()[0])
+                        ["t1"]) for p in root.glob("*/fake.json"))
+    overlaps = sum(b0 < a1 for (_, a1), (b0, _) in zip(intervals, intervals[1:]))
+    assert (overlaps >= 2) if parallel == 3 else (overlaps == 0)
+    # Second sweep: only the failed run runs again.
+    assert sweep.main(args) == 1
+    counts = {p.parent.name: len(p.read_text().splitlines()) for p in root.glob("*/fake.json")}
+    assert counts == {"m_p16_s0": 1, "m_p16_s1": 1, "m_p8_s0": 1, "m_p8_s1": 2}
+    assert "$ " in (root / "m_p8_s1" / "sweep.log").read_text()
+
+
+# --------------------------------------------------------------------------------------------------------- tpu pod
+def test_tpu_pod_dry_run_exact(capsys):
+    assert tpu_pod.main(["--name", "pod", "--zone", "us-central2-b", "--dry-run", "install", "--repo",
+                         "https://example.org/pixeltok.git", "--ref", "v1"]) == 0
+    install = capsys.readouterr().out.splitlines()
+    assert install == [
+        "gcloud compute tpus tpu-vm ssh pod --zone us-central2-b --worker=all --command '(test -d ~/pixeltok/.git || "
+        "git clone https://example.org/pixeltok.git ~/pixeltok) && cd ~/pixeltok && git fetch -q origin && git "
+        "checkout -q v1 && (git pull -q --ff-only origin v1 || true) && cd ~/pixeltok && python3 -m venv .venv && "
+        ".venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e . '\"'\"'jax[tpu]>=0.10.2,<0.11'\"'\"''"]
+    assert tpu_pod.main(["--name", "pod", "--zone", "z", "--project", "prj", "--dry-run", "run", "--workdir",
+                         "gs://b/advb_p1", "--", "--config=configs/adventurer_base.py:p1",
+                         "--config.batch_size=1024"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "gcloud compute tpus tpu-vm ssh pod --zone z --project prj --worker=all --command 'cd ~/pixeltok && "
+        ".venv/bin/python -m pixeltok.main --config=configs/adventurer_base.py:p1 --config.batch_size=1024 "
+        "--workdir=gs://b/advb_p1'"]
+    assert tpu_pod.main(["--name", "pod", "--zone", "z", "--dry-run", "install", "--copy", "--src", "/src"]) == 0
+    copy = capsys.readouterr().out.splitlines()
+    assert copy[0] == ("tar czf /tmp/pixeltok_src.tar.gz -C /src --exclude=./.venv --exclude=./.git --exclude=./runs "
+                       "--exclude=./data .")
+    assert copy[1] == ("gcloud compute tpus tpu-vm scp /tmp/pixeltok_src.tar.gz pod:/tmp/pixeltok_src.tar.gz "
+                       "--zone z --worker=all")
+    assert copy[2].startswith("gcloud compute tpus tpu-vm ssh pod --zone z --worker=all --command 'mkdir -p "
+                              "~/pixeltok && tar xzf /tmp/pixeltok_src.tar.gz -C ~/pixeltok && cd ~/pixeltok && ")
+
+
+def test_tpu_pod_detach_and_errors(capsys):
+    tpu_pod.main(["--name", "p", "--zone", "z", "--dry-run", "run", "--workdir", "gs://b/r", "--detach", "--env",
+                  "A=1", "--", "--config=c.py"])
+    assert capsys.readouterr().out.strip().endswith(
+        "--command 'cd ~/pixeltok && export A=1 && nohup .venv/bin/python -m pixeltok.main --config=c.py "
+        "--workdir=gs://b/r > ~/pixeltok_run.log 2>&1 &'")
+    with pytest.raises(SystemExit):
+        tpu_pod.main(["--name", "p", "--zone", "z", "--dry-run", "install"])        # neither --repo nor --copy
+    with pytest.raises(SystemExit):
+        tpu_pod.main(["--name", "p", "--zone", "z", "--dry-run", "run", "--workdir", "w"])   # no --config
+
+
+# ----------------------------------------------------------------------------------------------------------- slurm
+def test_slurm_dry_run_exact(capsys):
+    assert slurm.main(["--nodes", "2", "--gpus-per-node", "4", "--partition", "gpu", "--repo", "/repo", "--workdir",
+                       "runs/x", "--python", ".venv/bin/python", "--dry-run", "--",
+                       "--config=configs/adventurer_base.py:p1", "--config.batch_size=1024"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "#!/bin/bash",
+        "#SBATCH --job-name=pixeltok",
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=4",
+        "#SBATCH --gpus-per-task=1",
+        "#SBATCH --time=24:00:00",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --output=/repo/runs/x/slurm-%j.out",
+        "set -euo pipefail",
+        "cd /repo",
+        'export PIXELTOK_COORDINATOR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):12355"',
+        "srun --kill-on-bad-exit=1 .venv/bin/python -m pixeltok.main --config=configs/adventurer_base.py:p1 "
+        "--config.batch_size=1024 --workdir=/repo/runs/x",
+    ]
+    text = slurm.sbatch_script(workdir="/w", main_args=["--config=c.py"], nodes=3, gpus_per_node=8, per="node")
+    assert "#SBATCH --ntasks-per-node=1\n#SBATCH --gpus-per-node=8\n" in text
+    with pytest.raises(ValueError, match="nodes=0"):
+        slurm.sbatch_script(workdir="/w", main_args=[], nodes=0)
+
+
+def test_slurm_writes_script_without_submitting(tmp_path, capsys):
+    assert slurm.main(["--workdir", str(tmp_path / "w"), "--", "--config=c.py"]) == 0
+    script = tmp_path / "w" / "sbatch.sh"
+    assert capsys.readouterr().out.strip() == f"sbatch {script}"
+    assert script.read_text().endswith(f"--config=c.py --workdir={tmp_path / 'w'}\n")
+
+
+def test_slurm_env_reaches_maybe_initialize():
+    """The env an srun task sees under the generated script selects explicit jax.distributed initialisation."""
+    from pixeltok import distributed
+    env = {"PIXELTOK_COORDINATOR": "node001:12355", "SLURM_NTASKS": "8", "SLURM_PROCID": "5"}
+    assert distributed.launch_mode(env) == ("explicit", {"coordinator_address": "node001:12355",
+                                                         "num_processes": 8, "process_id": 5})
+
+
+def test_fashion_mnist_patch_sweep_grid():
+    runs = sweep.load_sweep(str(REPO / "configs" / "sweeps" / "fashion_mnist_patch.py"))
+    assert len(runs) == 20 and len({r.name for r in runs}) == 20
+    assert {r.name for r in runs} == {f"{a}_p{p}_s{s}" for a in ("adventurer", "vit") for p in (16, 8, 4, 2, 1)
+                                      for s in (0, 1)}
+    recipe_keys = ("model.width", "model.depth", "batch_size", "total_steps", "warmup_steps", "lr")
+    recipes = {tuple(r.overrides[k] for k in recipe_keys) for r in runs}
+    assert len(recipes) == 1                                # the same recipe and steps for every patch size
+    for r in runs:
+        p = int(r.name.split("_p")[1].split("_")[0])
+        assert r.config == f"configs/quickstart.py:p{p},res=32"
+        assert r.overrides["model_name"] == ("adventurer_tiny" if r.name.startswith("adventurer") else "vit_tiny")
