@@ -100,6 +100,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
     c.num_workers = 0                        # grain worker processes (0: in-process threads)
     c.prefetch = 2
+    c.train_augment = "rrc"                  # rrc (paper) | pad_crop (small-image recipe) | none (= eval transform)
+    c.small_image_mode = "pad"               # native <= image_size: "pad" zero-pads (28 -> 32: 2 px/side) | "resize"
+    c.mix_prob = 1.0                         # probability that a batch is mixed when mixup/cutmix are on (timm prob)
+    c.data_threads = 2                       # grain reader threads when num_workers == 0
+    c.data_cache = "auto"                    # auto: keep fixed-shape splits <= 2 GiB decoded in memory | off
+    c.jpeg_draft = True                      # let the JPEG decoder downscale (DCT 1/2..1/8) when the crop allows it
 
     # --- optimisation (paper.md §3)
     c.batch_size = 128                       # global
@@ -126,6 +132,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.log_every_steps = 50
     c.init_from = ""                         # another run's workdir or checkpoint dir (multi-stage recipes)
+    c.posemb_resize = "correct"              # init_from at another resolution: "correct" | "released_code" (adv.md §4)
+    c.stop_at_step = -1                      # >0: checkpoint and stop after this step, schedule unchanged (resume later)
+    c.eval_max_batches = -1                  # >=0: evaluate only the first N eval batches (quick tests); -1: all
 
     # --- devices (issue: scale-out). -1 = all remaining devices.
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})

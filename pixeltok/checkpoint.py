@@ -1,0 +1,174 @@
+"""Thin Orbax wrapper: one place that knows how pixeltok lays out checkpoints (jax_stack.md §4).
+
+Layout under the workdir:
+  checkpoints/<step>/{state,data_iter,meta}   latest `keep` steps: train state (model + optimizer [+ EMA]) as a pure
+                                              dict, the grain iterator position, and JSON meta (step, best, ...)
+  checkpoints_best/<step>/{state,meta}        the single best-by-eval-accuracy model (params + EMA only)
+
+Saves are asynchronous and atomic: Orbax writes into `<step>.orbax-checkpoint-tmp-*` and renames it on commit, so a
+save killed halfway leaves a temporary directory that `latest_step()` ignores (and that is cleaned up on the next
+start), never a half checkpoint that a resume would pick.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+CKPT_DIR = "checkpoints"
+BEST_DIR = "checkpoints_best"
+
+
+def _options(keep: int | None, async_save: bool) -> ocp.CheckpointManagerOptions:
+    return ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                                        enable_async_checkpointing=async_save)
+
+
+def has_checkpoint(workdir: str) -> bool:
+    """True when `workdir/checkpoints` holds at least one committed step (read-only check, creates nothing)."""
+    return latest_step(os.path.join(workdir, CKPT_DIR)) is not None
+
+
+def latest_step(ckpt_dir: str) -> int | None:
+    """The newest committed step in an Orbax checkpoint directory, or None; never creates the directory."""
+    if not os.path.isdir(ckpt_dir):
+        return None
+    mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        return mngr.latest_step()
+    finally:
+        mngr.close()
+
+
+def abstract_of(tree) -> Any:
+    """ShapeDtypeStructs (with shardings) for a pytree of arrays or ShapeDtypeStructs."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpointer:
+    """Saves and restores the train state, data-iterator position and meta of one run.
+
+    Args:
+      workdir: run directory; `checkpoints/` and `checkpoints_best/` are created inside it.
+      keep: how many of the latest step checkpoints to keep (older ones are deleted after a newer one commits).
+      async_save: write in a background thread (Orbax default); the trainer calls `wait()` before exiting.
+    """
+
+    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+        self.workdir = workdir
+        self._mngr = ocp.CheckpointManager(os.path.join(workdir, CKPT_DIR), item_names=("state", "data_iter", "meta"),
+                                           options=_options(max(keep, 1), async_save))
+        self._best = ocp.CheckpointManager(os.path.join(workdir, BEST_DIR), item_names=("state", "meta"),
+                                           options=_options(1, async_save))
+
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._mngr.all_steps())
+
+    def save(self, step: int, state: Mapping[str, Any], data_iter, meta: Mapping[str, Any]) -> None:
+        """Saves (asynchronously) the pure-dict train state, the grain iterator and JSON meta at `step`."""
+        args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(dict(meta))}
+        if data_iter is not None:
+            args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+        self._mngr.save(step, args=ocp.args.Composite(**args), force=True)
+
+    def save_best(self, step: int, state: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+        """Replaces the best checkpoint with `state` (params [+ EMA]) at `step`."""
+        self._best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      meta=ocp.args.JsonSave(dict(meta))), force=True)
+
+    def restore(self, step: int, abstract_state, data_iter=None) -> tuple[Any, dict]:
+        """Restores the state into the shapes/shardings of `abstract_state` (and `data_iter` in place)."""
+        args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+        if data_iter is not None:
+            args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+        out = self._mngr.restore(step, args=ocp.args.Composite(**args))
+        return out["state"], dict(out["meta"])
+
+    def wait(self) -> None:
+        """Blocks until pending async saves are committed; raises if one failed."""
+        self._mngr.wait_until_finished()
+        self._best.wait_until_finished()
+        self._mngr.check_for_errors()
+        self._best.check_for_errors()
+
+    def close(self) -> None:
+        self._mngr.close()
+        self._best.close()
+
+
+def resolve_checkpoint(path: str, step: int | str | None = None) -> tuple[str, int]:
+    """Finds an Orbax checkpoint directory and step from a run workdir, a `checkpoints/` dir or a step dir.
+
+    Args:
+      path: `<workdir>`, `<workdir>/checkpoints`, `<workdir>/checkpoints_best` or `<workdir>/checkpoints/<step>`.
+      step: a step number, "best", or None for the latest.
+
+    Returns:
+      (manager directory, step).
+
+    Raises:
+      ValueError: nothing committed there.
+    """
+    path = os.path.abspath(path)
+    base = os.path.basename(path.rstrip("/"))
+    if base.isdigit() and step is None:
+        return os.path.dirname(path), int(base)
+    if os.path.isdir(os.path.join(path, CKPT_DIR)):
+        path = os.path.join(path, BEST_DIR if step == "best" else CKPT_DIR)
+    if step == "best":
+        step = None
+    steps = []
+    if os.path.isdir(path):
+        mngr = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True))
+        steps = list(mngr.all_steps())
+        mngr.close()
+    if not steps:
+        raise ValueError(f"no committed checkpoint in {path!r}")
+    if step is None:
+        return path, max(steps)
+    if int(step) not in steps:
+        raise ValueError(f"checkpoint step {step} not in {path!r}; available: {sorted(steps)}")
+    return path, int(step)
+
+
+def state_metadata(ckpt_dir: str, step: int) -> Any:
+    """The saved `state` tree's metadata (shapes and dtypes per leaf) without reading any array."""
+    mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True),
+                                 item_handlers={"state": ocp.StandardCheckpointHandler()})
+    try:
+        tree = mngr.item_metadata(step)["state"]
+        tree = tree.tree if hasattr(tree, "tree") else tree
+        return nnx.restore_int_paths(tree)  # Orbax stores int keys (list indices) as strings
+    finally:
+        mngr.close()
+
+
+def restore_subtree(ckpt_dir: str, step: int, target: Mapping[str, Any]) -> Any:
+    """Restores only the parts of the saved `state` named by `target` (a pure-dict subtree of ShapeDtypeStructs
+    with shardings), e.g. `{"model": ...}` to take a run's parameters without its optimizer state."""
+    mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "meta"),
+                                 options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        out = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)))
+        return out["state"]
+    finally:
+        mngr.close()
+
+
+def read_meta(ckpt_dir: str, step: int) -> dict:
+    """The JSON meta saved with `step`."""
+    mngr = ocp.CheckpointManager(ckpt_dir, item_names=("meta",), options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+    finally:
+        mngr.close()
