@@ -7,7 +7,7 @@
 Grid: {adventurer, vit} x patch {16, 8, 4, 2, 1} x seed {0, 1} = 20 runs, named `<arch>_p<P>_s<seed>`. Every run uses
 the same recipe and length: width 64, depth 4 (Adventurer: `adventurer_tiny` layout, d_inner 128, 2 heads, chunk 32;
 ViT: `vit_tiny` layout, 1 head of 64), batch 64, 200 steps (12,800 images, ~0.2 epoch), 20 warmup steps, lr 2e-3,
-the quickstart's pad-crop + flip augmentation, final eval on the first 20 x 256 = 5,120 test images. Tokens per image:
+the quickstart's data recipe (no augmentation), final eval on the first 20 x 256 = 5,120 test images. Tokens per image:
 ViT n+1 = 5, 17, 65, 257, 1,025; Adventurer n+2 = 6, 18, 66, 258, 1,026 (ViT at p1 is 1,025 tokens: plain XLA
 attention is fine).
 
@@ -39,15 +39,19 @@ RECIPE = {
 }
 
 
-def get_sweep() -> list[dict]:
-    """[{name, config, overrides}] for launch/sweep.py, Adventurer first, large patches first."""
+def get_sweep(res: int = 32) -> list[dict]:
+    """[{name, config, overrides}] for launch/sweep.py, seed by seed, Adventurer first, large patches first.
+
+    `res` is the square input side: 32 pads the 28x28 images, anything smaller resizes them (data.small_image_mode).
+    """
     runs = []
-    for arch, model_name in ARCHS.items():
-        for p in PATCHES:
-            for seed in SEEDS:
+    # Seed outermost: a sweep cut short still has every (arch, p) point of the first seed.
+    for seed in SEEDS:
+        for arch, model_name in ARCHS.items():
+            for p in PATCHES:
                 overrides = {"model_name": model_name, "seed": seed, **RECIPE}
                 if arch == "adventurer":
                     overrides["model.chunk_size"] = 32          # 1,026 tokens: 33 chunks; less (Q,Q) work than 128
-                runs.append({"name": f"{arch}_p{p}_s{seed}", "config": f"configs/quickstart.py:p{p},res=32",
+                runs.append({"name": f"{arch}_p{p}_s{seed}", "config": f"configs/quickstart.py:p{p},res={res}",
                              "overrides": overrides})
     return runs
