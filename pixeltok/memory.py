@@ -214,11 +214,8 @@ def from_config(config, *, num_devices: int = 1, batch: int | None = None) -> Me
         batch = max(1, math.ceil(micro / num_devices))
     model_cfg = dict(config.get("model", {}) or {})
     chunk = int(model_cfg.pop("chunk_size", 128))
-    from pixeltok.models import resolve_architecture, valid_overrides
-    arch = resolve_architecture(config.model_name)[0]
+    from pixeltok.models import valid_overrides
     overrides = {k: v for k, v in model_cfg.items() if k in valid_overrides(config.model_name)}
-    if arch == "adventurer":
-        overrides["chunk_size"] = chunk
     k, ch = _dataset_defaults(config)
     return estimate(config.model_name, config.patch_size, config.image_size, batch=batch,
                     dtype=config.get("dtype", "float32"), remat=config.get("remat", ""), chunk_size=chunk,
@@ -274,7 +271,7 @@ def main(argv) -> None:
     est = from_config(config, num_devices=flags.FLAGS.devices, batch=flags.FLAGS.batch)
     print(est.table(device))
     if flags.FLAGS.measure:
-        from pixeltok.models import resolve_architecture, valid_overrides
+        from pixeltok.models import valid_overrides
         model_cfg = {k: v for k, v in dict(config.get("model", {}) or {}).items()
                      if k in valid_overrides(config.model_name)}
         if resolve_architecture(config.model_name)[0] != "adventurer":

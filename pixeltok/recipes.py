@@ -111,6 +111,7 @@ def adventurer_config(size: str, arg: str | None) -> ml_collections.ConfigDict:
     c.model.drop_path_schedule = "released_code"
     c.model.flip_rule = "alternate"
     c.dtype = "bfloat16"           # the official runs use bf16 autocast (paper.md §3.2)
+    c.remat = long_sequence_remat(a.patch, a.res)
     c.stage = a.stage
     c.init_from = ""               # intermediate/finetune: pass --config.init_from=<previous stage workdir>
     return c
@@ -147,7 +148,14 @@ def vit_config(size: str, arg: str | None) -> ml_collections.ConfigDict:
         c[key] = value
     c.three_augment = True
     c.dtype = "bfloat16"
+    c.remat = long_sequence_remat(a.patch, a.res)
     return c
+
+
+def long_sequence_remat(patch: int, res: int) -> str:
+    """Per-block remat from 4,096 patches up (p <= 2 at 128/224, p = 1 at 64): there only the block inputs may live
+    across the backward pass, or one image no longer fits an 80 GB device (adventurer.md §8-9)."""
+    return "nothing_saveable" if (res // patch) ** 2 >= 4096 else ""
 
 
 def cost_table(model_name: str, resolutions=(64, 128, 224), patches=(16, 8, 4, 2, 1), epochs: float = 300.0) -> str:

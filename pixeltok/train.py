@@ -36,6 +36,7 @@ from pixeltok import checkpoint as ckpt_lib
 from pixeltok import config_utils
 from pixeltok import data as data_lib
 from pixeltok import flops as flops_lib
+from pixeltok import memory as memory_lib
 from pixeltok import metrics as metrics_lib
 from pixeltok import models
 from pixeltok import optim
@@ -523,6 +524,10 @@ def _run(s: Setup, workdir: str, init_plan, total: int) -> dict:
          f"{s.tokens_per_image} tokens/img, {s.train_flops_per_image / 1e9:.3g} GFLOP/img (train), "
          f"{jax.device_count()} devices mesh {sharding.describe_mesh(s.mesh)}, "
          f"steps {start}->{total} x batch {cfg.batch_size}")
+    # Printed before the first compile so a user sees whether e.g. p=1 at 224 fits before waiting for XLA.
+    est = memory_lib.from_config(cfg, num_devices=jax.device_count())
+    _log(f"memory estimate per device: {est.total_bytes / 2**30:.2f} GiB (train state {est.state_bytes / 2**30:.2f}, "
+         f"activations {est.activation_bytes / 2**30:.2f}); breakdown: python -m pixeltok.memory --config=...")
 
     def record(step, **fields):
         examples = step * cfg.batch_size
