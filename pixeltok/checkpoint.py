@@ -38,7 +38,7 @@ def latest_step(ckpt_dir: str) -> int | None:
     """The newest committed step in an Orbax checkpoint directory, or None; never creates the directory."""
     if not os.path.isdir(ckpt_dir):
         return None
-    mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
+    mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=ocp.CheckpointManagerOptions(read_only=True))
     try:
         return mngr.latest_step()
     finally:
@@ -60,6 +60,9 @@ class Checkpointer:
     """
 
     def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+        # Orbax's async commit threads reject relative paths ("Checkpoint path should be absolute"), and a relative
+        # workdir is what users type (`make run` uses runs/quickstart): resolve it once here.
+        workdir = os.path.abspath(workdir)
         self.workdir = workdir
         self._mngr = ocp.CheckpointManager(os.path.join(workdir, CKPT_DIR), item_names=("state", "data_iter", "meta"),
                                            options=_options(max(keep, 1), async_save))
@@ -127,7 +130,7 @@ def resolve_checkpoint(path: str, step: int | str | None = None) -> tuple[str, i
         step = None
     steps = []
     if os.path.isdir(path):
-        mngr = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True))
+        mngr = ocp.CheckpointManager(os.path.abspath(path), options=ocp.CheckpointManagerOptions(read_only=True))
         steps = list(mngr.all_steps())
         mngr.close()
     if not steps:
@@ -141,7 +144,7 @@ def resolve_checkpoint(path: str, step: int | str | None = None) -> tuple[str, i
 
 def state_metadata(ckpt_dir: str, step: int) -> Any:
     """The saved `state` tree's metadata (shapes and dtypes per leaf) without reading any array."""
-    mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True),
+    mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=ocp.CheckpointManagerOptions(read_only=True),
                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
     try:
         tree = mngr.item_metadata(step)["state"]
@@ -154,7 +157,7 @@ def state_metadata(ckpt_dir: str, step: int) -> Any:
 def restore_subtree(ckpt_dir: str, step: int, target: Mapping[str, Any]) -> Any:
     """Restores only the parts of the saved `state` named by `target` (a pure-dict subtree of ShapeDtypeStructs
     with shardings), e.g. `{"model": ...}` to take a run's parameters without its optimizer state."""
-    mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "meta"),
+    mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=("state", "meta"),
                                  options=ocp.CheckpointManagerOptions(read_only=True))
     try:
         restore_args = ocp.checkpoint_utils.construct_restore_args(target)
@@ -167,7 +170,8 @@ def restore_subtree(ckpt_dir: str, step: int, target: Mapping[str, Any]) -> Any:
 
 def read_meta(ckpt_dir: str, step: int) -> dict:
     """The JSON meta saved with `step`."""
-    mngr = ocp.CheckpointManager(ckpt_dir, item_names=("meta",), options=ocp.CheckpointManagerOptions(read_only=True))
+    mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=("meta",),
+                                 options=ocp.CheckpointManagerOptions(read_only=True))
     try:
         return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
     finally:

@@ -123,3 +123,24 @@ def test_sigterm_saves_checkpoint_and_rerun_resumes(tmp_path):
     assert f"resumed from checkpoints/{k}" in proc2.stdout
     train_steps = [json.loads(ln)["step"] for ln in open(metrics) if ln.strip() and '"train"' in ln]
     assert train_steps == list(range(1, k + 3))
+
+
+def test_relative_workdir_checkpoints_and_resumes(tmp_path):
+    """`make run` passes a relative workdir; Orbax's async commit needs absolute paths, so the trainer must resolve
+    it (a relative path once crashed the first save). Run from tmp_path with a relative workdir, then resume."""
+    rel = "runs/rel_wd"
+    cmd = [sys.executable, "-m", "pixeltok.main", f"--config={ROOT}/configs/quickstart.py", f"--workdir={rel}",
+           *TINY, "--config.total_steps=4", "--config.checkpoint_every_steps=2", "--config.eval_every_steps=4"]
+    env = dict(ENV, PYTHONPATH=ROOT)
+    first = subprocess.run([*cmd, "--config.stop_at_step=2"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "Traceback" not in first.stderr
+    ckpts = tmp_path / rel / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["2"]          # committed, no *.orbax-checkpoint-tmp left
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert sorted(p.name for p in ckpts.iterdir()) == ["2", "4"]
+    steps = [json.loads(line)["step"] for line in (tmp_path / rel / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "eval"]
+    assert steps == [4]
