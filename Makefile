@@ -34,3 +34,16 @@ data:
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs
+
+# `make bench`: benchmarks/run.py (limits, SSD scan, train steps, PyTorch reference) -> benchmarks/results/.
+# The PyTorch reference lives in its own env; torch==2.13.0 is the local CPU wheel (any other version pulls CUDA).
+VENV_TORCH ?= .venv-torch
+TORCH_STAMP = $(VENV_TORCH)/.installed
+
+bench: install $(TORCH_STAMP)
+	BENCH_TORCH_PYTHON=$(VENV_TORCH)/bin/python $(PY) -m benchmarks.run
+
+$(TORCH_STAMP):
+	$(PYTHON) -m venv $(VENV_TORCH)
+	$(VENV_TORCH)/bin/pip install -q torch==2.13.0 'numpy>=2,<3'
+	touch $(TORCH_STAMP)

@@ -1,0 +1,293 @@
+"""PyTorch reference models for the benchmark: a DeiT-layout ViT and an Adventurer (Mamba-2 SSD) written from the math.
+
+Runs in its own environment (`.venv-torch`: torch 2.13.0 CPU + numpy; timm is not installable CPU-only here,
+jax_stack.md §10) as a subprocess of `benchmarks/run.py`, which merges the JSON this writes:
+
+    .venv-torch/bin/python -m benchmarks.torch_ref --configs cfg.json --out torch.json
+
+Eager float32, the way a user would run these models on this CPU. Two choices that keep the reference fair:
+- the causal depthwise conv is K shifted multiply-adds, not `conv1d` (whose CPU backward is pathologically slow,
+  jax_stack.md §9);
+- the SSD is the chunked form of adventurer.md §6 in plain PyTorch (batched matmuls inside chunks, a dense
+  chunk-to-chunk decay matrix between chunks), all decays/exps/cumsums in float32 with exponents ≤ 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.common import MODEL_SIZES, SSD_CONV, SSD_HEADDIM, SSD_STATE, log, time_calls, write_json
+
+
+# ------------------------------------------------------------------------------------------------------------- ViT
+class Attention(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x):  # x: (b, l, d)
+        b, l, d = x.shape
+        q, k, v = self.qkv(x).view(b, l, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)  # timm's fused path on CPU
+        return self.proj(y.transpose(1, 2).reshape(b, l, d))
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, d: int, heads: int, mlp: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d, eps=1e-6), nn.LayerNorm(d, eps=1e-6)
+        self.attn = Attention(d, heads)
+        self.fc1, self.fc2 = nn.Linear(d, mlp), nn.Linear(mlp, d)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class ViT(nn.Module):
+    """DeiT layout (adventurer.md §5): CLS first, learned pos-embed, pre-LN blocks, final LN, head on x[:, 0]."""
+
+    def __init__(self, width, depth, heads, mlp, patch, image, channels, classes):
+        super().__init__()
+        self.patch = patch
+        n = (image // patch) ** 2
+        self.patch_embed = nn.Linear(channels * patch * patch, width)  # == conv2d(kernel=stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.randn(1, n + 1, width) * 0.02)
+        self.blocks = nn.ModuleList([ViTBlock(width, heads, mlp) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, images):  # images: (b, H, W, C)
+        x = patchify(images, self.patch)
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+def patchify(images, p):
+    """(b, H, W, C) -> (b, n, p*p*C), row-major patches."""
+    b, h, w, c = images.shape
+    x = images.reshape(b, h // p, p, w // p, p, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+# ------------------------------------------------------------------------------------------------------- Adventurer
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def segsum(a):
+    """a: (..., T) -> (..., T, T) with [i, j] = sum_{k=j+1..i} a_k for i >= j, -inf above the diagonal.
+
+    Built by cumulative-summing a masked copy of `a` down the rows, so it only ever adds non-positive terms
+    (adventurer.md §6 step 3) and every exponent stays ≤ 0.
+    """
+    t = a.shape[-1]
+    rows = a[..., :, None].expand(*a.shape, t)                   # [i, j] = a_i
+    strict = torch.tril(torch.ones(t, t, dtype=torch.bool, device=a.device), -1)
+    seg = torch.cumsum(rows.masked_fill(~strict, 0.0), dim=-2)
+    lower = torch.tril(torch.ones(t, t, dtype=torch.bool, device=a.device))
+    return seg.masked_fill(~lower, -math.inf)
+
+
+def ssd_chunked(x, dt, A, B, C, chunk):
+    """Chunked SSD, G = 1 (Adventurer). x: (b, l, H, P); dt: (b, l, H); A: (H,); B, C: (b, l, N) -> y like x."""
+    b, l, h, p = x.shape
+    n = B.shape[-1]
+    pad = (-l) % chunk
+    if pad:  # dt = 0, x = B = C = 0 at the end: decay 1, input 0 (adventurer.md §6 step 1)
+        x, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
+        B, C = F.pad(B, (0, 0, 0, pad)), F.pad(C, (0, 0, 0, pad))
+    c = (l + pad) // chunk
+    x = x.reshape(b, c, chunk, h, p)
+    dt = dt.reshape(b, c, chunk, h)
+    B, C = B.reshape(b, c, chunk, n), C.reshape(b, c, chunk, n)
+    a = (dt * A).permute(0, 3, 1, 2)                               # (b, h, c, Q), ≤ 0, float32
+    cs = torch.cumsum(a, -1)
+    xd = (x * dt[..., None]).permute(0, 3, 1, 2, 4)                # (b, h, c, Q, P)
+    # Diagonal blocks: (C Bᵀ ∘ L) x̃, contracted pairwise (never a (Q, Q, H, P) intermediate).
+    gram = C @ B.transpose(-1, -2)                                  # (b, c, Q, Q)
+    y = (gram[:, None] * torch.exp(segsum(a))) @ xd                 # (b, h, c, Q, P)
+    # Chunk states from zero: S_c = sum_j exp(cs_last - cs_j) x̃_j ⊗ B_j.
+    decay = torch.exp(torch.clamp(cs[..., -1:] - cs, max=0.0))      # (b, h, c, Q)
+    states = (xd * decay[..., None]).transpose(-1, -2) @ B[:, None]  # (b, h, c, P, N)
+    # Between chunks: dense (c+1)×(c+1) decay matrix over the chunk log-decays.
+    lam = F.pad(cs[..., -1], (1, 0))                                # (b, h, c+1)
+    states = torch.cat([torch.zeros_like(states[:, :, :1]), states], 2)
+    inter = torch.exp(segsum(lam))                                  # (b, h, c+1, c+1)
+    states_in = torch.einsum("bhzc,bhcpn->bhzpn", inter, states)[:, :, :-1]
+    # Off-diagonal: exp(cs_i) · S_in C_i.
+    y = y + (C[:, None] @ states_in.transpose(-1, -2)) * torch.exp(cs)[..., None]
+    return y.permute(0, 2, 3, 1, 4).reshape(b, c * chunk, h, p)[:, :l]
+
+
+class Mamba2Mixer(nn.Module):
+    """mamba_ssm 2.0.4 `Mamba2` with d_state 64, expand 2, headdim 64, ngroups 1, conv 4 (adventurer.md §3)."""
+
+    def __init__(self, d: int, chunk: int, depth: int):
+        super().__init__()
+        self.inner, self.heads, self.chunk = 2 * d, 2 * d // SSD_HEADDIM, chunk
+        conv_ch = self.inner + 2 * SSD_STATE
+        self.in_proj = nn.Linear(d, 2 * self.inner + 2 * SSD_STATE + self.heads, bias=False)
+        self.conv_weight = nn.Parameter(torch.empty(conv_ch, SSD_CONV).uniform_(-0.5, 0.5))
+        self.conv_bias = nn.Parameter(torch.empty(conv_ch).uniform_(-0.5, 0.5))
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.heads).uniform_(1, 16)))
+        dt0 = torch.exp(torch.empty(self.heads).uniform_(math.log(1e-3), math.log(1e-1))).clamp(min=1e-4)
+        self.dt_bias = nn.Parameter(dt0 + torch.log(-torch.expm1(-dt0)))   # softplus⁻¹
+        self.D = nn.Parameter(torch.ones(self.heads))
+        self.norm = RMSNorm(self.inner)
+        self.out_proj = nn.Linear(self.inner, d, bias=False)
+        with torch.no_grad():
+            self.out_proj.weight /= math.sqrt(depth)
+
+    def causal_conv(self, u):
+        """Depthwise causal conv, K shifted multiply-adds (u: (b, l, ch)); weight[:, k] multiplies u[t - (K-1) + k]."""
+        k = SSD_CONV
+        up = F.pad(u, (0, 0, k - 1, 0))
+        out = self.conv_bias + up[:, k - 1:] * self.conv_weight[:, k - 1]
+        for i in range(k - 1):
+            out = out + up[:, i:i + u.shape[1]] * self.conv_weight[:, i]
+        return out
+
+    def forward(self, u):
+        b, l, _ = u.shape
+        z, xbc, dt = torch.split(self.in_proj(u), [self.inner, self.inner + 2 * SSD_STATE, self.heads], -1)
+        xbc = F.silu(self.causal_conv(xbc))
+        x, B, C = torch.split(xbc, [self.inner, SSD_STATE, SSD_STATE], -1)
+        x = x.reshape(b, l, self.heads, SSD_HEADDIM)
+        dt = F.softplus(dt.float() + self.dt_bias)
+        A = -torch.exp(self.A_log.float())
+        y = ssd_chunked(x, dt, A, B, C, self.chunk) + self.D[:, None] * x
+        y = self.norm(y.reshape(b, l, self.inner) * F.silu(z))
+        return self.out_proj(y)
+
+
+class AdventurerBlock(nn.Module):
+    def __init__(self, d: int, chunk: int, depth: int, flip: bool):
+        super().__init__()
+        self.flip = flip
+        self.norm, self.norm_mlp = RMSNorm(d), RMSNorm(d)
+        self.mixer = Mamba2Mixer(d, chunk, depth)
+        hidden = int(2.5 * d)
+        self.w1, self.w2, self.w3 = nn.Linear(d, hidden), nn.Linear(d, hidden), nn.Linear(hidden, d)
+
+    def _flip(self, h):  # reverse the patches, CLS stays last
+        return torch.cat([h[:, :-1].flip(1), h[:, -1:]], 1)
+
+    def forward(self, x):
+        h = self.norm(x)
+        if self.flip:
+            h = self._flip(h)
+        h = torch.cat([h.mean(1, keepdim=True), h], 1)             # heading average token
+        h = self.mixer(h)[:, 1:]
+        if self.flip:
+            h = self._flip(h)
+        x = x + h
+        u = self.norm_mlp(x)
+        return x + self.w3(F.silu(self.w1(u)) * self.w2(u))
+
+
+class Adventurer(nn.Module):
+    """adventurer.md §2: CLS appended last, pos-embed, blocks with alternate flips, RMSNorm, head on x[:, -1]."""
+
+    def __init__(self, width, depth, patch, image, channels, classes, chunk):
+        super().__init__()
+        self.patch = patch
+        n = (image // patch) ** 2
+        self.patch_embed = nn.Linear(channels * patch * patch, width)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, n + 1, width) * 0.02)
+        self.blocks = nn.ModuleList([AdventurerBlock(width, chunk, depth, i % 2 == 1) for i in range(depth)])
+        self.norm = RMSNorm(width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, images):
+        x = self.patch_embed(patchify(images, self.patch))
+        x = torch.cat([x, self.cls_token.expand(x.shape[0], -1, -1)], 1) + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.norm(x)[:, -1])
+
+
+# ---------------------------------------------------------------------------------------------------------- timing
+def build(cfg: dict) -> nn.Module:
+    s = MODEL_SIZES[cfg["model"]]
+    if s["arch"] == "vit":
+        return ViT(s["width"], s["depth"], s["heads"], s["mlp"], cfg["patch"], cfg["image"], cfg["channels"],
+                   cfg["classes"])
+    return Adventurer(s["width"], s["depth"], cfg["patch"], cfg["image"], cfg["channels"], cfg["classes"],
+                      cfg.get("chunk_size", 128))
+
+
+def bench_one(cfg: dict, max_time_s: float) -> dict:
+    """Times fwd+bwd (cross-entropy on soft labels) and the AdamW step of one configuration."""
+    torch.manual_seed(0)
+    model = build(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    b, s, c, k = cfg["batch"], cfg["image"], cfg["channels"], cfg["classes"]
+    images = torch.randn(b, s, s, c)
+    labels = F.one_hot(torch.randint(0, k, (b,)), k).float()
+
+    def fwd_bwd():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        return loss
+
+    t0 = time.perf_counter()
+    fwd_bwd()  # first call: allocator warm-up, also gives a time estimate for the repetition count
+    first = time.perf_counter() - t0
+    fb = time_calls(fwd_bwd, warmup=0, min_reps=2 if first > 5 else 3, max_reps=10, min_time_s=min(6.0, max_time_s),
+                    max_time_s=max_time_s)
+    step = time_calls(opt.step, warmup=1, min_reps=3, max_reps=10, min_time_s=0.5, max_time_s=5.0)
+    return {**cfg, "first_call_s": first, "fwd_bwd": fb, "opt_step": step,
+            "train_step_s": fb["median_s"] + step["median_s"],
+            "num_params": sum(p.numel() for p in model.parameters())}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", required=True, help="JSON list of {model, patch, image, batch, channels, ...}")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--max-time-s", type=float, default=30.0, help="timing budget per configuration")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with open(args.configs, encoding="utf-8") as f:
+        configs = json.load(f)
+    results = {"torch_version": torch.__version__, "threads": torch.get_num_threads(),
+               "mkldnn": torch.backends.mkldnn.is_available(), "dtype": "float32", "results": []}
+    for cfg in configs:
+        log(f"torch {cfg['model']} p{cfg['patch']} {cfg['image']}² ×{cfg['batch']}")
+        try:
+            r = bench_one(cfg, args.max_time_s)
+            log(f"  fwd+bwd {r['fwd_bwd']['median_s']:.3f} s, AdamW {r['opt_step']['median_s'] * 1e3:.1f} ms")
+        except (RuntimeError, MemoryError) as e:  # recorded, never fatal: the main benchmark reports the reason
+            r = {**cfg, "skipped": f"{type(e).__name__}: {str(e)[:200]}"}
+        results["results"].append(r)
+        write_json(args.out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
