@@ -25,7 +25,8 @@ MODELS = {
     "adventurer_large": ("adventurer", 1024, 24),
 }
 
-COMMON_OVERRIDES = ("depth", "width", "dtype", "remat", "drop_path", "drop_path_schedule", "posemb", "head_dim")
+COMMON_OVERRIDES = ("depth", "width", "dtype", "remat", "drop_path", "drop_path_schedule", "posemb", "head_dim",
+                    "scan_layers")
 VIT_OVERRIDES = ("attn_impl", "mlp_ratio")
 # Adventurer-only switches with their defaults. A ViT accepts them only at these values, so one shared `config.model`
 # dict can feed both architectures while a real Adventurer-only setting on a ViT fails loudly.

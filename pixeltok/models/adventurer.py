@@ -43,6 +43,13 @@ def reverse_patches(x: Array) -> Array:
     return jnp.concatenate([x[:, -2::-1], x[:, -1:]], axis=1)
 
 
+def maybe_reverse_patches(x: Array, flip: bool | Array) -> Array:
+    """`reverse_patches(x)` if flip else x; flip is a Python bool or a traced bool scalar (scan over layers)."""
+    if isinstance(flip, (bool, np.bool_)):
+        return reverse_patches(x) if flip else x
+    return jnp.where(flip, reverse_patches(x), x)
+
+
 def causal_depthwise_conv(x: Array, kernel: Array, bias: Array) -> Array:
     """Causal depthwise conv1d as K shifted multiply-adds (faster than a conv and its backward on CPU).
 
@@ -162,21 +169,24 @@ class AdventurerBlock(nnx.Module):
         self.norm2 = common.RMSNorm(d, eps=1e-5, out_dtype=dtype)
         self.mlp = SwiGLU(d, int(2.5 * d), dtype=dtype, rngs=rngs)
 
-    def token_mix(self, x: Array, flip: bool) -> Array:
-        """The mixer branch without drop-path: (batch, n + 1, d) float32 -> (batch, n + 1, d) float32."""
-        h = self.norm(x)
-        if flip:
-            h = reverse_patches(h)
+    def token_mix(self, x: Array, flip: bool | Array) -> Array:
+        """The mixer branch without drop-path: (batch, n + 1, d) float32 -> (batch, n + 1, d) float32.
+
+        flip: a Python bool, or a traced bool scalar when the blocks run as a scan over layers.
+        """
+        h = maybe_reverse_patches(self.norm(x), flip)
         # Heading average: mean of all n + 1 tokens (incl. cls), accumulated in float32, prepended so every
         # position of the causal scan sees a global summary first; its own output is dropped.
         head = jnp.mean(h, axis=1, keepdims=True, dtype=jnp.float32).astype(h.dtype)
         h = self.mixer(jnp.concatenate([head, h], axis=1))[:, 1:]
-        if flip:
-            h = reverse_patches(h)                                    # every block outputs the same token order
-        return h
+        return maybe_reverse_patches(h, flip)                       # every block outputs the same token order
 
-    def __call__(self, x: Array, *, flip: bool = False, drop_rate: float = 0.0, rng: Array | None = None) -> Array:
-        """x: (batch, n + 1, d) float32 residual stream -> same. `rng` (train only) draws two independent masks."""
+    def __call__(self, x: Array, *, flip: bool | Array = False, drop_rate: float | Array = 0.0,
+                 rng: Array | None = None) -> Array:
+        """x: (batch, n + 1, d) float32 residual stream -> same. `rng` (train only) draws two independent masks.
+
+        flip and drop_rate are Python values in the layer loop, traced scalars in the scan over layers.
+        """
         r1, r2 = common.split_rngs(rng, 2)
         x = x + common.drop_path(self.token_mix(x, flip), drop_rate, r1)
         return x + common.drop_path(self.mlp(self.norm2(x)), drop_rate, r2)
@@ -189,7 +199,8 @@ class Adventurer(nnx.Module):
     Attributes:
       patch_embed: nnx.Conv kernel (p, p, C, d), lecun_normal, bias 0 (applied as a GEMM over patches).
       cls_token: (1, 1, d), pos_embed: (1, n + 1, d); trunc_normal(0.02).
-      blocks: nnx.List of AdventurerBlock.
+      blocks: nnx.List of AdventurerBlock (one module per layer, also when they run as a scan: `remat` or
+        `scan_layers` stack their states on the fly).
       norm: final RMSNorm (eps 1e-5); head: Linear(d, num_classes), trunc_normal(0.02), bias 0.
     """
 
@@ -197,7 +208,7 @@ class Adventurer(nnx.Module):
                  num_classes: int = 1000, num_channels: int = 3, d_state: int = 64, expand: int = 2,
                  head_dim: int = 64, chunk_size: int = 128, ssd_impl: str = "chunked", flip_rule: str = "alternate",
                  drop_path: float = 0.0, drop_path_schedule: str = "released_code", dtype="float32", remat=None,
-                 posemb: str = "learned", rngs: nnx.Rngs):
+                 posemb: str = "learned", scan_layers: bool = False, rngs: nnx.Rngs):
         grid = common.check_patch_size(patch_size, image_size)
         if posemb != "learned":
             raise ValueError(f"posemb {posemb!r} is unknown; valid: learned")
@@ -209,6 +220,7 @@ class Adventurer(nnx.Module):
         self.flips = tuple(flip_layers(flip_rule, depth))
         self.drop_rates = tuple(common.drop_path_rates(drop_path, depth, drop_path_schedule))
         self.remat_policy = common.remat_policy(remat)
+        self.scan_layers = bool(scan_layers)
         head_dim = min(head_dim, expand * width)       # tiny widths: one head spanning d_inner
         mixer_kwargs = dict(d_state=d_state, expand=expand, head_dim=head_dim, chunk_size=chunk_size,
                             ssd_impl=ssd_impl)
@@ -236,11 +248,10 @@ class Adventurer(nnx.Module):
         use_drop = train and max(self.drop_rates) > 0.0
         if use_drop and rng is None:
             raise ValueError("train=True with drop_path > 0 needs an rng key")
-        rngs = common.split_rngs(rng if use_drop else None, self.depth)
-        for i, block in enumerate(self.blocks):
-            x = common.apply_block(block, x, self.remat_policy, flip=self.flips[i],
-                                   drop_rate=self.drop_rates[i] if use_drop else 0.0, rng=rngs[i])
-        return x
+        # With remat or scan_layers the blocks run as a scan over layers, checkpointed with remat (apply_blocks).
+        rates = self.drop_rates if use_drop else (0.0,) * self.depth
+        return common.apply_blocks(self.blocks, x, self.remat_policy, rng=rng if use_drop else None,
+                                   scan=self.scan_layers, flip=self.flips, drop_rate=rates)
 
     def __call__(self, images: Array, train: bool = False, *, rng: Array | None = None) -> Array:
         """images (batch, H, W, C) float -> logits (batch, num_classes) float32, read from the LAST (cls) token."""

@@ -147,19 +147,28 @@ class RMSNorm(nnx.Module):
         return (y * self.scale[...]).astype(self.out_dtype)
 
 
-def drop_path(x: Array, rate: float, rng: Array | None) -> Array:
+def drop_path(x: Array, rate: float | Array, rng: Array | None) -> Array:
     """Stochastic depth on a residual branch: per-sample keep mask (B, 1, ..., 1), kept samples scaled 1/(1-rate).
 
     Args:
       x: (batch, ...) branch output.
-      rate: drop probability (a Python float; 0 returns x unchanged).
+      rate: drop probability: a Python float (0 returns x unchanged) or a traced scalar (the per-layer rate inside
+        a scan over layers; rate 0 keeps every sample with scale 1, i.e. returns x exactly, and any rate draws the
+        same mask from the same key as the Python-float form).
       rng: PRNG key; None means evaluation (no dropping).
     """
-    if rng is None or rate <= 0.0:
+    if rng is None:
         return x
-    keep = 1.0 - rate
+    if isinstance(rate, (int, float)):
+        if rate <= 0.0:
+            return x
+        keep = 1.0 - rate
+    else:
+        # bernoulli(p = 1) is uniform[0, 1) < 1: always kept, and x / 1 == x, so rate 0 is the identity.
+        keep = 1.0 - jnp.asarray(rate, jnp.float32)
     mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+    scale = keep if isinstance(keep, float) else keep.astype(x.dtype)     # same rounding as a weak Python float
+    return jnp.where(mask, x / scale, 0.0).astype(x.dtype)
 
 
 def drop_path_rates(rate: float, depth: int, schedule: str = "released_code") -> list[float]:
@@ -204,6 +213,9 @@ def apply_block(block: nnx.Module, x: Array, policy, rng: Array | None = None, *
     The block is split into (graphdef, state) and the pure function is wrapped in jax.checkpoint, so only the
     block input is saved across the backward pass (with "nothing_saveable"). `static` keyword arguments (flip
     flags, drop rates) are closed over, not traced. Blocks must not mutate state.
+
+    The models use `apply_blocks` instead: one such checkpoint per block of an unrolled loop measurably saves no
+    memory on XLA:CPU (the recomputation may be scheduled early), while the scan of `scan_blocks` does.
     """
     if policy is None:
         return block(x, rng=rng, **static)
@@ -214,6 +226,74 @@ def apply_block(block: nnx.Module, x: Array, policy, rng: Array | None = None, *
 
     ckpt = jax.checkpoint(pure) if policy is True else jax.checkpoint(pure, policy=policy)
     return ckpt(state, x, rng)
+
+
+def apply_blocks(blocks: Sequence[nnx.Module], x: Array, policy, *, rng: Array | None = None,
+                 scan: bool = False, **per_layer: Sequence) -> Array:
+    """Applies a stack of blocks to the residual stream: `x = blocks[i](x, rng=keys[i], **{k: v[i]})` for each i.
+
+    Without remat (`policy` None) and without `scan`, a Python loop (the fastest form on CPU, every per-layer value
+    static). Otherwise `scan_blocks`: a `jax.lax.scan` over layers with a `jax.checkpoint` body. A checkpoint
+    around each block of an unrolled loop saves no memory on XLA:CPU (its scheduler is free to run the
+    recomputation early); inside a scan the saving is structural, as the scan keeps only its carry per layer.
+
+    Both forms draw the per-layer keys the same way, `jax.random.split(rng, depth)` (key i to layer i), so drop-path
+    masks, and hence losses and gradients, agree between them.
+
+    Args:
+      blocks: depth modules of one structure (an nnx.List); their parameter layout is left untouched.
+      x: (batch, length, d) residual stream.
+      policy: from `remat_policy`: None (no remat), True (save nothing but the block input) or a checkpoint policy.
+      rng: PRNG key for drop-path (train), or None.
+      scan: use the scan also without remat.
+      **per_layer: keyword arguments of the block call, one value per layer (flip flags, drop-path rates).
+
+    Returns:
+      The residual stream after the last block, same shape.
+    """
+    depth = len(blocks)
+    for name, values in per_layer.items():
+        if len(values) != depth:
+            raise ValueError(f"{name} has {len(values)} per-layer values; expected one per block ({depth})")
+    if policy is None and not scan:
+        keys = split_rngs(rng, depth)
+        for i, block in enumerate(blocks):
+            x = block(x, rng=keys[i], **{name: values[i] for name, values in per_layer.items()})
+        return x
+    return scan_blocks(blocks, x, policy, rng=rng, **per_layer)
+
+
+def scan_blocks(blocks: Sequence[nnx.Module], x: Array, policy, *, rng: Array | None = None,
+                **per_layer: Sequence) -> Array:
+    """`apply_blocks` as `jax.lax.scan` over layers with the residual stream as carry.
+
+    Each block is split into (graphdef, state); the graphdefs must be equal (anything that differs per layer is a
+    per-layer argument, not a static attribute) and the states are stacked along a new leading axis on the fly
+    (the stack's VJP unstacks the gradients, so `blocks/<i>/...` parameters keep their layout). A per-layer
+    argument with the same value in every layer is closed over as a Python constant; otherwise it is stacked into
+    an array and the block receives a traced scalar. With `policy` set the body is `jax.checkpoint`ed, so the
+    backward pass keeps only each layer's input (plus what the policy saves) and recomputes the rest.
+    """
+    graphdefs, states = zip(*(nnx.split(block) for block in blocks))
+    graphdef = graphdefs[0]
+    if any(g != graphdef for g in graphdefs[1:]):
+        raise ValueError("blocks differ in structure or static attributes; a scan over layers needs identical "
+                         "blocks (pass per-layer differences as per_layer arguments)")
+    static = {name: values[0] for name, values in per_layer.items() if all(v == values[0] for v in values)}
+    xs = {name: jnp.asarray(values) for name, values in per_layer.items() if name not in static}
+    xs["state"] = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+    if rng is not None:
+        xs["rng"] = jax.random.split(rng, len(blocks))           # the keys of split_rngs, as one array
+
+    def body(carry, layer):
+        layer = dict(layer)
+        block = nnx.merge(graphdef, layer.pop("state"))
+        return block(carry, rng=layer.pop("rng", None), **static, **layer), None
+
+    if policy is not None:
+        body = jax.checkpoint(body) if policy is True else jax.checkpoint(body, policy=policy)
+    x, _ = jax.lax.scan(body, x, xs)
+    return x
 
 
 # ----------------------------------------------------------------------------------------------------------------

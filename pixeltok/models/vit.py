@@ -86,8 +86,8 @@ class ViTBlock(nnx.Module):
         self.norm2 = nnx.LayerNorm(d, epsilon=1e-6, param_dtype=jnp.float32, rngs=rngs)
         self.mlp = Mlp(d, int(mlp_ratio * d), dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: Array, *, drop_rate: float = 0.0, rng: Array | None = None) -> Array:
-        """x: (batch, n + 1, d) float32 residual stream -> same."""
+    def __call__(self, x: Array, *, drop_rate: float | Array = 0.0, rng: Array | None = None) -> Array:
+        """x: (batch, n + 1, d) float32 residual stream -> same; drop_rate is traced in the scan over layers."""
         r1, r2 = common.split_rngs(rng, 2)
         x = x + common.drop_path(self.attn(self.norm1(x).astype(self.dtype)), drop_rate, r1)
         return x + common.drop_path(self.mlp(self.norm2(x).astype(self.dtype)), drop_rate, r2)
@@ -100,7 +100,8 @@ class ViT(nnx.Module):
       patch_embed: nnx.Conv kernel (p, p, C, d) + bias; PyTorch's default Conv2d init U(±1/√(C·p²)) for both, as
         DeiT's timm code leaves the patch conv at its default.
       cls_token: (1, 1, d) and pos_embed: (1, n + 1, d), trunc_normal(0.02); cls FIRST.
-      blocks: nnx.List of ViTBlock; norm: final LayerNorm (eps 1e-6); head: Linear on token 0.
+      blocks: nnx.List of ViTBlock (one module per layer; `remat` / `scan_layers` scan over their stacked states).
+      norm: final LayerNorm (eps 1e-6); head: Linear on token 0.
       Linear weights trunc_normal(0.02), biases 0; LayerNorms 1 / 0.
     """
 
@@ -108,7 +109,7 @@ class ViT(nnx.Module):
                  num_classes: int = 1000, num_channels: int = 3, head_dim: int | None = None,
                  mlp_ratio: float = 4.0, attn_impl: str = "auto", drop_path: float = 0.0,
                  drop_path_schedule: str = "linear", dtype="float32", remat=None, posemb: str = "learned",
-                 rngs: nnx.Rngs):
+                 scan_layers: bool = False, rngs: nnx.Rngs):
         grid = common.check_patch_size(patch_size, image_size)
         if posemb != "learned":
             raise ValueError(f"posemb {posemb!r} is unknown; valid: learned")
@@ -120,6 +121,7 @@ class ViT(nnx.Module):
         self.heads = vit_heads(width, head_dim)
         self.drop_rates = tuple(common.drop_path_rates(drop_path, depth, drop_path_schedule))
         self.remat_policy = common.remat_policy(remat)
+        self.scan_layers = bool(scan_layers)
         conv_init = common.uniform_init(1.0 / math.sqrt(num_channels * patch_size * patch_size))
         self.patch_embed = common.patch_embed_conv(num_channels, width, patch_size, kernel_init=conv_init,
                                                    bias_init=conv_init, rngs=rngs)
@@ -144,11 +146,10 @@ class ViT(nnx.Module):
         use_drop = train and max(self.drop_rates) > 0.0
         if use_drop and rng is None:
             raise ValueError("train=True with drop_path > 0 needs an rng key")
-        rngs = common.split_rngs(rng if use_drop else None, self.depth)
-        for i, block in enumerate(self.blocks):
-            x = common.apply_block(block, x, self.remat_policy,
-                                   drop_rate=self.drop_rates[i] if use_drop else 0.0, rng=rngs[i])
-        return x
+        # With remat or scan_layers the blocks run as a scan over layers, checkpointed with remat (apply_blocks).
+        rates = self.drop_rates if use_drop else (0.0,) * self.depth
+        return common.apply_blocks(self.blocks, x, self.remat_policy, rng=rng if use_drop else None,
+                                   scan=self.scan_layers, drop_rate=rates)
 
     def __call__(self, images: Array, train: bool = False, *, rng: Array | None = None) -> Array:
         """images (batch, H, W, C) float -> logits (batch, num_classes) float32, read from the FIRST (cls) token."""
