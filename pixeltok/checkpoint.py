@@ -78,12 +78,16 @@ class Checkpointer:
     def save(self, step: int, state: Mapping[str, Any], data_iter, meta: Mapping[str, Any]) -> None:
         """Saves (asynchronously) the pure-dict train state, the grain iterator and JSON meta at `step`."""
         args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(dict(meta))}
+        # The two managers' async saves are serialised: run concurrently at the same step on several processes,
+        # their commit barriers could interleave differently per process and hang (seen in the 2-process test).
+        self._best.wait_until_finished()
         if data_iter is not None:
             args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
         self._mngr.save(step, args=ocp.args.Composite(**args), force=True)
 
     def save_best(self, step: int, state: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
         """Replaces the best checkpoint with `state` (params [+ EMA]) at `step`."""
+        self._mngr.wait_until_finished()          # see save(): never two managers committing at once
         self._best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                       meta=ocp.args.JsonSave(dict(meta))), force=True)
 
