@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 CKPT_DIR = "checkpoints"
@@ -35,14 +36,19 @@ def has_checkpoint(workdir: str) -> bool:
 
 
 def latest_step(ckpt_dir: str) -> int | None:
-    """The newest committed step in an Orbax checkpoint directory, or None; never creates the directory."""
-    if not os.path.isdir(ckpt_dir):
+    """The newest committed step in an Orbax checkpoint directory, or None; never creates the directory.
+
+    Reads the directory listing instead of opening a CheckpointManager: a manager runs cross-process barriers, and
+    this check runs before the processes agree on anything (process 0 may already have created the directory when
+    process 1 looks), so a manager here made the two processes' barrier sequences differ ("sync_global_devices name
+    mismatch"). Orbax names a step directory by its number only once the step is committed (in-flight saves carry
+    an `.orbax-checkpoint-tmp` suffix).
+    """
+    path = epath.Path(ckpt_dir)
+    if not path.is_dir():
         return None
-    mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=ocp.CheckpointManagerOptions(read_only=True))
-    try:
-        return mngr.latest_step()
-    finally:
-        mngr.close()
+    steps = [int(p.name) for p in path.iterdir() if p.name.isdigit()]
+    return max(steps) if steps else None
 
 
 def abstract_of(tree) -> Any:
