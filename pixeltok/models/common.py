@@ -207,6 +207,20 @@ def remat_policy(remat) -> Callable | None | bool:
     return policy
 
 
+def run_block_stack(model: nnx.Module, x: Array, train: bool, rng: Array | None, **per_layer) -> Array:
+    """Applies `model.blocks` to the residual stream (ViT and Adventurer share this).
+
+    Drop-path is active only when training with a non-zero rate, and then needs `rng`. With remat or `scan_layers`
+    the blocks run as a scan over layers (see `apply_blocks`); `per_layer` are extra per-layer arguments (flips).
+    """
+    use_drop = train and max(model.drop_rates) > 0.0
+    if use_drop and rng is None:
+        raise ValueError("train=True with drop_path > 0 needs an rng key")
+    rates = model.drop_rates if use_drop else (0.0,) * model.depth
+    return apply_blocks(model.blocks, x, model.remat_policy, rng=rng if use_drop else None, scan=model.scan_layers,
+                        drop_rate=rates, **per_layer)
+
+
 def apply_block(block: nnx.Module, x: Array, policy, rng: Array | None = None, **static) -> Array:
     """Calls `block(x, rng=rng, **static)`, rematerialised with `policy` (see `remat_policy`) when it is set.
 

@@ -142,14 +142,7 @@ class ViT(nnx.Module):
 
     def forward_features(self, images: Array, train: bool = False, *, rng: Array | None = None) -> Array:
         """The residual stream after the last block (before the final norm): (batch, n + 1, d) float32."""
-        x = self.embed(images)
-        use_drop = train and max(self.drop_rates) > 0.0
-        if use_drop and rng is None:
-            raise ValueError("train=True with drop_path > 0 needs an rng key")
-        # With remat or scan_layers the blocks run as a scan over layers, checkpointed with remat (apply_blocks).
-        rates = self.drop_rates if use_drop else (0.0,) * self.depth
-        return common.apply_blocks(self.blocks, x, self.remat_policy, rng=rng if use_drop else None,
-                                   scan=self.scan_layers, drop_rate=rates)
+        return common.run_block_stack(self, self.embed(images), train, rng)
 
     def __call__(self, images: Array, train: bool = False, *, rng: Array | None = None) -> Array:
         """images (batch, H, W, C) float -> logits (batch, num_classes) float32, read from the FIRST (cls) token."""
