@@ -221,27 +221,6 @@ def run_block_stack(model: nnx.Module, x: Array, train: bool, rng: Array | None,
                         drop_rate=rates, **per_layer)
 
 
-def apply_block(block: nnx.Module, x: Array, policy, rng: Array | None = None, **static) -> Array:
-    """Calls `block(x, rng=rng, **static)`, rematerialised with `policy` (see `remat_policy`) when it is set.
-
-    The block is split into (graphdef, state) and the pure function is wrapped in jax.checkpoint, so only the
-    block input is saved across the backward pass (with "nothing_saveable"). `static` keyword arguments (flip
-    flags, drop rates) are closed over, not traced. Blocks must not mutate state.
-
-    The models use `apply_blocks` instead: one such checkpoint per block of an unrolled loop measurably saves no
-    memory on XLA:CPU (the recomputation may be scheduled early), while the scan of `scan_blocks` does.
-    """
-    if policy is None:
-        return block(x, rng=rng, **static)
-    graphdef, state = nnx.split(block)
-
-    def pure(state, x, rng):
-        return nnx.merge(graphdef, state)(x, rng=rng, **static)
-
-    ckpt = jax.checkpoint(pure) if policy is True else jax.checkpoint(pure, policy=policy)
-    return ckpt(state, x, rng)
-
-
 def apply_blocks(blocks: Sequence[nnx.Module], x: Array, policy, *, rng: Array | None = None,
                  scan: bool = False, **per_layer: Sequence) -> Array:
     """Applies a stack of blocks to the residual stream: `x = blocks[i](x, rng=keys[i], **{k: v[i]})` for each i.
