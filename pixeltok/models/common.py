@@ -8,6 +8,7 @@ both the fastest form on the development CPUs and the one that never needs an up
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -57,10 +58,52 @@ def trunc_normal(std: float = 0.02) -> Callable:
 
 def linear(din: int, dout: int, *, use_bias: bool, kernel_init: Callable, dtype, rngs: nnx.Rngs,
            bias_init: Callable = nnx.initializers.zeros) -> nnx.Linear:
-    """An nnx.Linear with float32 params computing in `dtype`; bf16 matmuls accumulate into float32 outputs."""
-    preferred = jnp.float32 if jnp.dtype(dtype) != jnp.dtype(jnp.float32) else None
+    """An nnx.Linear with float32 params computing in `dtype`; bf16 matmuls accumulate into float32 outputs and
+    their backward matmuls run in bf16 too (`mixed_dot_general`)."""
+    if jnp.dtype(dtype) == jnp.dtype(jnp.float32):
+        return nnx.Linear(din, dout, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                          kernel_init=kernel_init, bias_init=bias_init, rngs=rngs)
     return nnx.Linear(din, dout, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                      preferred_element_type=preferred, kernel_init=kernel_init, bias_init=bias_init, rngs=rngs)
+                      preferred_element_type=jnp.float32, dot_general=mixed_dot_general, kernel_init=kernel_init,
+                      bias_init=bias_init, rngs=rngs)
+
+
+def mixed_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None, preferred_element_type=None,
+                      out_sharding=None) -> Array:
+    """`lax.dot_general` whose backward pass multiplies in the operands' dtype.
+
+    Why: a bf16 x bf16 -> float32 dot (`preferred_element_type`) hands autodiff a float32 cotangent, and JAX's
+    transpose rule then runs both backward matmuls in float32: two thirds of a training step's FLOPs at the f32
+    rate (half the bf16 rate on a GPU's tensor cores, a quarter on an AVX512-BF16 CPU). Here the cotangent is
+    rounded to the operands' dtype first, as PyTorch autocast does, and the weight gradient leaves the dot in bf16
+    before the cast back to the float32 parameter; the forward output stays float32-accumulated.
+    """
+    mixed = (preferred_element_type is not None and out_sharding is None
+             and jnp.dtype(lhs.dtype) == jnp.dtype(rhs.dtype) != jnp.dtype(preferred_element_type))
+    if not mixed:
+        kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                                   preferred_element_type=preferred_element_type, **kwargs)
+    dn = tuple(tuple(tuple(d) for d in pair) for pair in dimension_numbers)
+    return _mixed_dot(lhs, rhs, dn, precision, jnp.dtype(preferred_element_type))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _mixed_dot(lhs: Array, rhs: Array, dn, precision, out_dtype) -> Array:
+    return jax.lax.dot_general(lhs, rhs, dn, precision=precision, preferred_element_type=out_dtype)
+
+
+def _mixed_dot_fwd(lhs, rhs, dn, precision, out_dtype):
+    return _mixed_dot(lhs, rhs, dn, precision, out_dtype), (lhs, rhs)
+
+
+def _mixed_dot_bwd(dn, precision, out_dtype, residuals, g):
+    lhs, rhs = residuals
+    _, vjp = jax.vjp(lambda a, b: jax.lax.dot_general(a, b, dn, precision=precision), lhs, rhs)
+    return vjp(g.astype(lhs.dtype))
+
+
+_mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
 
 
 class KeySeq:
