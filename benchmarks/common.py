@@ -91,11 +91,12 @@ def load_average() -> list[float]:
         return []
 
 
-def machine_name() -> str:
-    """File-name slug for this machine: `BENCH_MACHINE` if set, else `<cpu model>-<cores>c`."""
+def machine_name(accelerator: str | None = None) -> str:
+    """File-name slug for this machine: `BENCH_MACHINE` if set, else the accelerator's model (GPU) or
+    `<cpu model>-<cores>c`."""
     name = os.environ.get("BENCH_MACHINE")
     if not name:
-        name = f"{cpu_model()}-{os.cpu_count()}c"
+        name = accelerator or f"{cpu_model()}-{os.cpu_count()}c"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 

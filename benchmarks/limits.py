@@ -41,7 +41,7 @@ def matmul_flops(n: int, dtype, *, max_time_s: float) -> dict:
     a = jax.random.normal(ka, (n, n), jnp.float32).astype(dtype)
     b = jax.random.normal(kb, (n, n), jnp.float32).astype(dtype)
     f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-    t = time_calls(lambda: f(a, b).block_until_ready(), warmup=2, min_reps=5, max_reps=30, min_time_s=1.0,
+    t = time_calls(lambda: f(a, b).block_until_ready(), warmup=2, min_reps=5, max_reps=50, min_time_s=1.0,
                    max_time_s=max_time_s)
     flops = 2.0 * n ** 3
     return {"n": n, "flop_per_s": flops / t["median_s"], "best_flop_per_s": flops / t["min_s"], **t}
@@ -81,13 +81,19 @@ def probe_f32_matmul(seconds: float = 1.0) -> float:
     return matmul_flops(1024, jnp.float32, max_time_s=seconds)["flop_per_s"]
 
 
-def measure_limits(quick: bool) -> dict:
-    """f32 and bf16→f32 matmul FLOP/s (2048³), donated copy and fresh-output bandwidth (256 MiB or 1 GiB)."""
+def measure_limits(quick: bool, gpu: bool = False) -> dict:
+    """f32 and bf16→f32 matmul FLOP/s, donated copy and fresh-output bandwidth.
+
+    CPU: 2048³ matmuls, 256 MiB / 1 GiB buffers. GPU: 8192³ matmuls (a 2048³ product is launch-bound on an H100)
+    and 4 GiB buffers (well past the L2); the f32 matmul runs at XLA's default precision, which on NVIDIA tensor-core
+    GPUs is TF32, i.e. what an f32 model gets without a precision flag.
+    """
     budget = 4.0 if quick else 8.0
-    size = (256 if quick else 1024) * 2**20
+    n = 8192 if gpu else 2048
+    size = (4096 if gpu else 256 if quick else 1024) * 2**20
     return {
-        "f32_matmul": matmul_flops(2048, jnp.float32, max_time_s=budget),
-        "bf16_f32_matmul": matmul_flops(2048, jnp.bfloat16, max_time_s=budget),
+        "f32_matmul": matmul_flops(n, jnp.float32, max_time_s=budget),
+        "bf16_f32_matmul": matmul_flops(n, jnp.bfloat16, max_time_s=budget),
         "copy_donated": copy_bandwidth(size, max_time_s=budget),
         "copy_fresh_output": fresh_output_bandwidth(size // 4, max_time_s=budget),
     }

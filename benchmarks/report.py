@@ -30,13 +30,25 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def markdown(res: dict) -> str:
     m, lim = res["machine"], res["limits"]
-    lines = [f"# pixeltok benchmarks: {res['machine_name']}", "",
+    gpu = m.get("backend") == "gpu"
+    lines = [f"# pixeltok benchmarks: {res['machine_name']}", ""]
+    if gpu:
+        lines += [f"{res['date']}, {res['mode']} grid. GPU **{m['accelerator']}** ({m['accelerator_memory_gib']} GiB "
+                  f"usable by XLA), host {m['cpu_model']} with {m['cores']} cores; JAX {m['jax_version']} (gpu), "
+                  f"flax {m.get('flax_version')}; pixeltok compute dtype {res['pixeltok_dtype']} (float32 params, "
+                  f"decays and scan states). Sections came from {len(res.get('runs', []))} run(s) on this machine "
+                  f"type: " + "; ".join(f"{r['date']} ({', '.join(r['sections'])})" for r in res.get("runs", []))
+                  + ". The f32 matmul limit is XLA's default precision (TF32 on tensor cores); efficiencies on a "
+                  "GPU are model FLOP utilisation against the bf16 matmul.", ""]
+    else:
+        lines += [
              f"{res['date']}, {res['mode']} grid, {res.get('runtime_s', 0) / 60:.1f} min. CPU **{m['cpu_model']}**, "
              f"{m['cores']} cores ({', '.join(f for f in m['cpu_flags'] if 'bf16' in f or 'amx' in f) or 'no BF16'}), "
              f"{m['mem_total_gib']} GiB; JAX {m['jax_version']} ({m['backend']}), flax {m.get('flax_version')}; "
              f"pixeltok compute dtype {res['pixeltok_dtype']}. Load average at start {m['load_average_at_start']}, "
              f"at end {m.get('load_average_at_end')} (a load above the core count means other jobs shared the CPU: "
              f"read ratios, not absolute times).", ""]
+    eff_key, eff_name = ("efficiency_bf16", "MFU (bf16)") if gpu else ("efficiency_f32", "eff (f32)")
     if res.get("patch_note"):
         lines += [f"Note: {res['patch_note']}.", ""]
     lines += ["## Limits (measured in this process; best of start and end rounds)", ""]
@@ -58,7 +70,8 @@ def markdown(res: dict) -> str:
                       t["threshold"], "PASS" if t["pass"] else "**FAIL**"] for t in res.get("targets", [])]) + [""]
 
     if res.get("torch_comparison"):
-        lines += ["## pixeltok vs PyTorch (eager float32, same machine, same run)", "",
+        ref = ("eager PyTorch, bf16 autocast, timm ViT" if gpu else "eager float32")
+        lines += [f"## pixeltok vs PyTorch ({ref}, same machine, same run)", "",
                   "Ratio < 1: pixeltok faster. fwd+bwd = loss and all gradients; train step adds AdamW.", ""]
         lines += _table(["model", "p", "image", "batch", "pixeltok dtype/remat", "PyTorch fwd+bwd s",
                          "pixeltok fwd+bwd s", "ratio fwd+bwd", "PyTorch step s", "pixeltok step s", "ratio step"],
@@ -81,6 +94,22 @@ def markdown(res: dict) -> str:
         lines += ["", f"Crossover (Adventurer-T faster than ViT-T from): "
                       f"{'≈ %d patches' % cross if cross else 'not reached in the measured range'}.", ""]
 
+    if res.get("long"):
+        lines += ["## Long-sequence train steps (fresh process each: allocator peak is this step's)", ""]
+        rows = []
+        for r in res["long"]:
+            if "skipped" in r:
+                rows.append([r["model"], r["patch"], r["image"], r["batch"], "—", f"skipped: {r['skipped']}",
+                             "", "", "", "", ""])
+                continue
+            rows.append([r["model"], r["patch"], r["image"], r["batch"], f"{r['tokens']:,}",
+                         f"{r['remat']}" + (f", Q={r['chunk_size']}" if r.get("chunk_size") else ""),
+                         _f(r["step_s"]), _f(r["flops_per_step"] / 1e12), _pct(r["mfu_bf16"]),
+                         _f((r.get("peak_bytes_in_use") or 0) / 2**30, "{:.2f}"),
+                         _f(r.get("total_bytes", 0) / 2**30, "{:.2f}")])
+        lines += _table(["model", "p", "image", "batch", "tokens", "remat, SSD chunk", "s/step", "TFLOP/step",
+                         "MFU (bf16 matmul)", "peak GiB", "compiled GiB"], rows) + [""]
+
     if res.get("train"):
         lines += ["## Train steps (pixeltok)", "",
                   "Efficiency = analytic train FLOPs (`pixeltok.flops`, blocks only, 3× forward) / time / measured "
@@ -96,18 +125,19 @@ def markdown(res: dict) -> str:
                                   _mib(r.get("total_bytes_per_image")), _f(r.get("compile_s"), "{:.0f}")])
                 continue
             rows.append(common + [_f(r["step_s"]), _f(r["images_per_s"]), f"{r['tokens_per_s']:,.0f}",
-                                  _f(r["flops_per_step"] / 1e12), _pct(r.get("efficiency_f32")),
+                                  _f(r["flops_per_step"] / 1e12), _pct(r.get(eff_key)),
                                   _f(r.get("probe_f32_flop_per_s", 0) / 1e9, "{:.0f}"), _pct(r.get("efficiency_probe")),
                                   _mib(r.get("total_bytes_per_image")), _f(r.get("compile_s"), "{:.0f}")])
         lines += _table(["model", "p", "image", "batch", "tokens", "what", "dtype/remat", "s/step", "img/s", "tok/s",
-                         "TFLOP/step", "eff (f32)", "probe GFLOP/s", "eff (probe)", "MiB/image", "compile s"],
+                         "TFLOP/step", eff_name, "probe GFLOP/s", "eff (probe)", "MiB/image", "compile s"],
                         rows) + [""]
         for r in res.get("skipped_by_design", []):
             lines.append(f"- not run: {r['model']} p{r['patch']} {r['image']}² ({r['tokens']} tokens): {r['skipped']}")
         lines.append("")
 
     if res.get("scan"):
-        lines += ["## SSD scan (Adventurer-T mixer shapes: 8 heads × 64, state 64, batch 1, float32)", "",
+        batch = res["scan"][0].get("batch", 1)
+        lines += [f"## SSD scan (Adventurer-T mixer shapes: 8 heads × 64, state 64, batch {batch}, float32)", "",
                   "FLOPs are each algorithm's nominal count (chunked: GEMM work of adventurer.md §6; recurrent "
                   "5·N·D/token; assoc 7·N·D/token; ×3 for fwd+bwd). Bytes = XLA cost-analysis bytes accessed "
                   "(a while-loop body counts once, so the recurrent figure is a floor).", ""]

@@ -1,12 +1,14 @@
 """SSD scan benchmark: `pixeltok.ops.ssd` chunked vs recurrent vs a full-length associative scan of per-step states.
 
-Shapes are Adventurer-Tiny's mixer (heads 8 × head_dim 64, d_state 64, one group), batch 1, lengths 1k … 64k.
+Shapes are Adventurer-Tiny's mixer (heads 8 × head_dim 64, d_state 64, one group), batch 1, lengths 1k … 64k
+(GPU: batch 8, up to 256k).
 Forward and forward+backward (gradient of <y, g> for a fixed random g w.r.t. all five inputs). Configurations
 whose compiled memory exceeds the budget are compiled but not run, with the reason recorded.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -103,8 +105,12 @@ def bench_scan_config(impl: str, length: int, chunk: int | None, backward: bool,
     if not run:
         row["skipped"] = "not timed (grid)"
         return row
-    t = time_calls(lambda: jax.block_until_ready(compiled(args, g)), warmup=1, min_reps=3, max_reps=20,
-                   min_time_s=1.0, max_time_s=max_time_s)
+    try:
+        t = time_calls(lambda: jax.block_until_ready(compiled(args, g)), warmup=1, min_reps=3, max_reps=20,
+                       min_time_s=1.0, max_time_s=max_time_s)
+    except Exception as e:  # noqa: BLE001 - e.g. a GPU allocator that fragments past the compiled estimate
+        row["skipped"] = f"run failed: {type(e).__name__}: {str(e)[:160]}"
+        return row
     row.update(time_s=t["median_s"], min_s=t["min_s"], reps=t["reps"])
     flops = nominal_flops(impl, length, chunk or 0) * (3.0 if backward else 1.0) * batch
     row["nominal_flops"] = flops
@@ -113,14 +119,17 @@ def bench_scan_config(impl: str, length: int, chunk: int | None, backward: bool,
         row["bytes_per_s"] = row["xla_bytes_accessed"] / t["median_s"]
     if limits:
         row["flop_frac_f32_matmul"] = row["flop_per_s"] / limits["f32_matmul_flop_per_s"]
+        row["flop_frac_bf16_matmul"] = row["flop_per_s"] / limits["bf16_f32_matmul_flop_per_s"]
         if "bytes_per_s" in row:
             row["bytes_frac_copy"] = row["bytes_per_s"] / limits["copy_bytes_per_s"]
     return row
 
 
-def scan_grid(quick: bool) -> list[dict]:
-    """(impl, length, chunk, backward) configurations, cheapest first."""
-    lengths = [1024, 4096] if quick else [1024, 4096, 16384, 65536]
+def scan_grid(quick: bool, gpu: bool = False) -> list[dict]:
+    """(impl, length, chunk, backward) configurations, cheapest first (GPU: up to 256k tokens)."""
+    lengths = [1024, 4096] if quick else [1024, 4096, 16384, 65536] + ([262144] if gpu else [])
+    if os.environ.get("BENCH_SCAN_LENGTHS"):  # e.g. "4096,65536": a subset (a GPU lease's last minutes)
+        lengths = [int(x) for x in os.environ["BENCH_SCAN_LENGTHS"].split(",")]
     chunks = [128] if quick else [64, 128, 256]
     grid = []
     for length in lengths:
@@ -131,13 +140,22 @@ def scan_grid(quick: bool) -> list[dict]:
     return grid
 
 
-def run_scan_bench(quick: bool, limits: dict, mem_budget: int) -> list[dict]:
-    """Runs the scan grid; one row per configuration (skipped ones carry a `skipped` reason)."""
+def run_scan_bench(quick: bool, limits: dict, mem_budget: int, gpu: bool = False, save=None) -> list[dict]:
+    """Runs the scan grid; one row per configuration (skipped ones carry a `skipped` reason).
+
+    On a GPU the batch is 8 (batch 1 at 1k tokens is a few microseconds of work per kernel: launch-bound) and the
+    sequential recurrence stops at 16k tokens (a few kernel launches per token: seconds per call beyond that).
+    """
     rows = []
-    for cfg in scan_grid(quick):
+    for cfg in scan_grid(quick, gpu):
+        if gpu and cfg["impl"] == "recurrent" and cfg["length"] > 16384:
+            continue
         row = bench_scan_config(cfg["impl"], cfg["length"], cfg["chunk"], cfg["backward"], mem_budget=mem_budget,
-                                max_time_s=4.0 if quick else 8.0, limits=limits)
+                                max_time_s=2.0 if gpu else 4.0 if quick else 8.0, limits=limits,
+                                batch=8 if gpu else 1)
         msg = row.get("skipped") or f"{row['time_s'] * 1e3:.1f} ms, {row.get('total_bytes', 0) / 2**20:.0f} MiB"
-        log(f"scan {cfg['impl']:9s} L={cfg['length']:6d} Q={cfg['chunk']} {row['pass']:7s}: {msg}")
+        log(f"scan {cfg['impl']:9s} L={cfg['length']:6d} b={row['batch']} Q={cfg['chunk']} {row['pass']:7s}: {msg}")
         rows.append(row)
+        if save:
+            save(rows)  # a run cut short keeps what it measured
     return rows

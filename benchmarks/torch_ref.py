@@ -5,7 +5,9 @@ jax_stack.md §10) as a subprocess of `benchmarks/run.py`, which merges the JSON
 
     .venv-torch/bin/python -m benchmarks.torch_ref --configs cfg.json --out torch.json
 
-Eager float32, the way a user would run these models on this CPU. Two choices that keep the reference fair:
+On CPU: eager float32, the way a user would run these models on this CPU. On CUDA (the GPU benchmark, where the
+machine's own python3 holds torch and timm): the ViT is timm's `VisionTransformer`, the forward runs under bf16
+autocast (float32 weights), timing synchronises the device, and the peak allocated memory is recorded. Two choices that keep the reference fair:
 - the causal depthwise conv is K shifted multiply-adds, not `conv1d` (whose CPU backward is pathologically slow,
   jax_stack.md §9);
 - the SSD is the chunked form of adventurer.md §6 in plain PyTorch (batched matmuls inside chunks, a dense
@@ -230,39 +232,88 @@ class Adventurer(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------- timing
-def build(cfg: dict) -> nn.Module:
+def build(cfg: dict, use_timm: bool = False) -> nn.Module:
+    """The reference model of a configuration; `use_timm` takes timm's VisionTransformer for the ViT shapes."""
     s = MODEL_SIZES[cfg["model"]]
     if s["arch"] == "vit":
+        if use_timm:
+            return TimmViT(cfg)
         return ViT(s["width"], s["depth"], s["heads"], s["mlp"], cfg["patch"], cfg["image"], cfg["channels"],
                    cfg["classes"])
     return Adventurer(s["width"], s["depth"], cfg["patch"], cfg["image"], cfg["channels"], cfg["classes"],
                       cfg.get("chunk_size", 128))
 
 
-def bench_one(cfg: dict, max_time_s: float) -> dict:
-    """Times fwd+bwd (cross-entropy on soft labels) and the AdamW step of one configuration."""
+class TimmViT(nn.Module):
+    """timm's `VisionTransformer` (DeiT layout, fused SDPA attention) at the configuration's patch and image size,
+    fed NHWC images like the other references."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        import timm
+        name = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224",
+                "vit_base": "vit_base_patch16_224"}[cfg["model"]]
+        self.net = timm.create_model(name, pretrained=False, img_size=cfg["image"], patch_size=cfg["patch"],
+                                     num_classes=cfg["classes"], in_chans=cfg["channels"])
+
+    def forward(self, images):
+        return self.net(images.permute(0, 3, 1, 2))
+
+
+def _have_timm() -> bool:
+    try:
+        import timm  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def bench_one(cfg: dict, max_time_s: float, device: str = "cpu", amp: str = "none") -> dict:
+    """Times fwd+bwd (cross-entropy on soft labels) and the AdamW step of one configuration.
+
+    On CUDA every timed call ends with `torch.cuda.synchronize()` (kernels are asynchronous) and the peak allocated
+    memory is recorded; `amp="bf16"` runs the forward under `torch.autocast` (bf16 matmuls, float32 master weights),
+    which is what pixeltok's bf16 compute dtype corresponds to.
+    """
     torch.manual_seed(0)
-    model = build(cfg)
+    use_timm = _have_timm()
+    model = build(cfg, use_timm).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     b, s, c, k = cfg["batch"], cfg["image"], cfg["channels"], cfg["classes"]
-    images = torch.randn(b, s, s, c)
-    labels = F.one_hot(torch.randint(0, k, (b,)), k).float()
+    images = torch.randn(b, s, s, c, device=device)
+    labels = F.one_hot(torch.randint(0, k, (b,), device=device), k).float()
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=(amp == "bf16"))
 
     def fwd_bwd():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(images), labels)
+        with autocast:
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
         loss.backward()
+        sync()
         return loss
 
+    def opt_step():
+        opt.step()
+        sync()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     fwd_bwd()  # first call: allocator warm-up, also gives a time estimate for the repetition count
     first = time.perf_counter() - t0
-    fb = time_calls(fwd_bwd, warmup=0, min_reps=2 if first > 5 else 3, max_reps=10, min_time_s=min(6.0, max_time_s),
-                    max_time_s=max_time_s)
-    step = time_calls(opt.step, warmup=1, min_reps=3, max_reps=10, min_time_s=0.5, max_time_s=5.0)
-    return {**cfg, "first_call_s": first, "fwd_bwd": fb, "opt_step": step,
-            "train_step_s": fb["median_s"] + step["median_s"],
-            "num_params": sum(p.numel() for p in model.parameters())}
+    fb = time_calls(fwd_bwd, warmup=1 if cuda else 0, min_reps=2 if first > 5 else 3, max_reps=10 if not cuda else 50,
+                    min_time_s=min(6.0, max_time_s) if not cuda else 1.0, max_time_s=max_time_s)
+    step = time_calls(opt_step, warmup=1, min_reps=3, max_reps=10, min_time_s=0.5, max_time_s=5.0)
+    out = {**cfg, "first_call_s": first, "fwd_bwd": fb, "opt_step": step,
+           "train_step_s": fb["median_s"] + step["median_s"], "device": device, "amp": amp,
+           "vit_impl": "timm" if use_timm else "benchmarks.torch_ref",
+           "num_params": sum(p.numel() for p in model.parameters())}
+    if cuda:
+        out["peak_bytes"] = torch.cuda.max_memory_allocated()
+    return out
 
 
 def main(argv=None) -> int:
@@ -271,18 +322,27 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-time-s", type=float, default=30.0, help="timing budget per configuration")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--amp", choices=("none", "bf16"), default=None,
+                    help="autocast dtype; default bf16 on CUDA (pixeltok computes in bf16), none on CPU")
     args = ap.parse_args(argv)
+    amp = args.amp or ("bf16" if args.device.startswith("cuda") else "none")
     torch.set_num_threads(args.threads)
     with open(args.configs, encoding="utf-8") as f:
         configs = json.load(f)
     results = {"torch_version": torch.__version__, "threads": torch.get_num_threads(),
-               "mkldnn": torch.backends.mkldnn.is_available(), "dtype": "float32", "results": []}
+               "mkldnn": torch.backends.mkldnn.is_available(), "device": args.device, "amp": amp,
+               "dtype": "float32" if amp == "none" else f"float32 params, {amp} autocast", "results": []}
+    if args.device.startswith("cuda"):
+        results["gpu"] = torch.cuda.get_device_name()
     for cfg in configs:
         log(f"torch {cfg['model']} p{cfg['patch']} {cfg['image']}² ×{cfg['batch']}")
         try:
-            r = bench_one(cfg, args.max_time_s)
+            r = bench_one(cfg, args.max_time_s, args.device, amp)
             log(f"  fwd+bwd {r['fwd_bwd']['median_s']:.3f} s, AdamW {r['opt_step']['median_s'] * 1e3:.1f} ms")
-        except (RuntimeError, MemoryError) as e:  # recorded, never fatal: the main benchmark reports the reason
+        except (RuntimeError, MemoryError) as e:
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()  # recorded, never fatal: the main benchmark reports the reason
             r = {**cfg, "skipped": f"{type(e).__name__}: {str(e)[:200]}"}
         results["results"].append(r)
         write_json(args.out, results)
