@@ -87,9 +87,11 @@ def markdown(res: dict) -> str:
 
     if res.get("adventurer_vs_vit"):
         lines += ["", "## Adventurer-T vs ViT-T by patch count (train step, same batch)", ""]
-        lines += _table(["image", "p", "patches", "batch", "ViT-T s", "Adventurer-T s", "Adv / ViT"],
+        lines += _table(["image", "p", "patches", "batch", "ViT-T s", "Adventurer-T s", "Adv / ViT", "remat ViT/Adv"],
                         [[r["image"], r["patch"], r["patches"], r["batch"], _f(r["vit_s"]), _f(r["adventurer_s"]),
-                          _f(r["ratio_adv_over_vit"], "{:.2f}")] for r in res["adventurer_vs_vit"]])
+                          _f(r["ratio_adv_over_vit"], "{:.2f}"),
+                          f"{r.get('vit_remat') or 'none'}/{r.get('adventurer_remat') or 'none'}"]
+                         for r in res["adventurer_vs_vit"]])
         cross = res.get("crossover_patches")
         lines += ["", f"Crossover (Adventurer-T faster than ViT-T from): "
                       f"{'≈ %d patches' % cross if cross else 'not reached in the measured range'}.", ""]
