@@ -18,6 +18,7 @@ from pixeltok import flops
 from pixeltok.models import (ARCH, KeySeq, count_params, create_model, drop_path_rates, flip_layer_set,
                              resize_patch_embed, resize_posemb, resolve_architecture)
 from pixeltok.models import adventurer as adv
+from pixeltok.models import vit
 from pixeltok.models import common
 
 # A tiny Adventurer / ViT for behavioural tests: 16×16 images, p=4 -> 16 patches.
@@ -522,18 +523,23 @@ def _grad_temp_bytes(name, res, batch=1, **kw):
 
 @pytest.mark.slow
 def test_grad_memory_linear_for_adventurer_quadratic_for_vit(record_property):
-    """Compiled (not run) forward+backward temp memory at p=1, batch 1: SSD linear in tokens, attention quadratic."""
+    """Compiled (not run) forward+backward temp memory at p=1, batch 1: SSD linear in tokens, dense (XLA) attention
+    quadratic, chunked attention linear (a fixed number of query rows against all keys at a time)."""
     sides = (32, 64, 128)                                             # 1k, 4k, 16k tokens at p=1
     adv_bytes = [_grad_temp_bytes("adventurer_tiny", s, width=32, depth=1, d_state=16, head_dim=32,
                                   chunk_size=256) for s in sides]
-    vit_bytes = [_grad_temp_bytes("vit_tiny", s, width=32, depth=1) for s in sides]
+    vit_bytes = [_grad_temp_bytes("vit_tiny", s, width=32, depth=1, attn_impl="xla") for s in sides]
+    chunked_bytes = [_grad_temp_bytes("vit_tiny", s, width=32, depth=1, attn_impl="chunked") for s in sides]
     record_property("adventurer_temp_bytes", adv_bytes)
     record_property("vit_temp_bytes", vit_bytes)
-    print("grad temp bytes (1k, 4k, 16k tokens): adventurer", adv_bytes, "vit", vit_bytes)
+    record_property("vit_chunked_temp_bytes", chunked_bytes)
+    print("grad temp bytes (1k, 4k, 16k tokens): adventurer", adv_bytes, "vit", vit_bytes, "chunked", chunked_bytes)
     adv_ratios = [b / a for a, b in zip(adv_bytes, adv_bytes[1:])]
     vit_ratios = [b / a for a, b in zip(vit_bytes, vit_bytes[1:])]
+    chunked_ratios = [b / a for a, b in zip(chunked_bytes, chunked_bytes[1:])]
     assert all(r <= 4.5 for r in adv_ratios), adv_ratios
     assert all(r >= 8.0 for r in vit_ratios), vit_ratios
+    assert all(r <= 4.5 for r in chunked_ratios), chunked_ratios          # query blocks: linear in tokens
 
 
 @pytest.mark.slow
@@ -658,3 +664,122 @@ def test_train_flops_table():
     np.testing.assert_allclose(flops.train_flops_per_image("adventurer_base", 16, 224, depth=6), base / 2)
     np.testing.assert_allclose(flops.train_flops_per_image("vit_tiny", 16, 224, width=768),
                                flops.train_flops_per_image("vit_base", 16, 224))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# chunked (query-block) attention
+# ---------------------------------------------------------------------------------------------------------------
+
+def attention_numpy(q, k, v, g):
+    """float64 softmax(q·kᵀ/√d)·v and the gradients of sum(out * g) w.r.t. q, k, v, from the softmax Jacobian
+    (ds = p∘(dp - rowsum(dp∘p))); all (batch, length, heads, head_dim)."""
+    q, k, v, g = (np.asarray(x, np.float64).transpose(0, 2, 1, 3) for x in (q, k, v, g))
+    scale = 1 / math.sqrt(q.shape[-1])
+    s = q @ k.swapaxes(-1, -2) * scale
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    dp = g @ v.swapaxes(-1, -2)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True))
+    grads = (ds @ k * scale, ds.swapaxes(-1, -2) @ q * scale, p.swapaxes(-1, -2) @ g)
+    return (p @ v).transpose(0, 2, 1, 3), tuple(x.transpose(0, 2, 1, 3) for x in grads)
+
+
+def _qkvg(length, batch=2, heads=3, dim=8, seed=7):
+    # x2: peaked softmax rows (logits of std ~2), not near-uniform ones.
+    keys = jax.random.split(jax.random.key(seed), 4)
+    q, k, v, g = (jax.random.normal(key, (batch, length, heads, dim)) for key in keys)
+    return 2 * q, k, v, g
+
+
+def test_attention_numpy_reference_gradient_by_finite_differences():
+    q, k, v, g = (np.asarray(x, np.float64) for x in _qkvg(5, batch=1, heads=2, dim=4))
+    _, grads = attention_numpy(q, k, v, g)
+    loss = lambda *qkv: float((attention_numpy(*qkv, g)[0] * g).sum())
+    eps = 1e-6
+    for which in range(3):
+        for index in [(0, 0, 0, 0), (0, 3, 1, 2), (0, 4, 1, 3)]:
+            args = [q.copy(), k.copy(), v.copy()]
+            args[which][index] += eps
+            up = loss(*args)
+            args[which][index] -= 2 * eps
+            fd = (up - loss(*args)) / (2 * eps)
+            np.testing.assert_allclose(grads[which][index], fd, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("length,q_block", [(37, 16), (37, 64), (32, 16)])
+def test_chunked_attention_matches_numpy(length, q_block):
+    """37 rows in blocks of <= 16: three blocks of 13 with 2 padded rows; 64: one block; 32: two exact blocks."""
+    q, k, v, g = _qkvg(length)
+    ref, ref_grads = attention_numpy(q, k, v, g)
+    fn = jax.jit(lambda q, k, v, g: jax.vjp(lambda *a: vit.chunked_attention(*a, q_block=q_block), q, k, v)[1](g))
+    out = jax.jit(lambda q, k, v: vit.chunked_attention(q, k, v, q_block=q_block))(q, k, v)
+    assert out.shape == q.shape and out.dtype == jnp.float32
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(fn(q, k, v, g), ref_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_attention_bf16():
+    """bf16 inputs: output and gradients in bf16, within bf16 rounding of the float64 reference on the same inputs."""
+    q, k, v, g = (x.astype(jnp.bfloat16) for x in _qkvg(37))
+    ref, ref_grads = attention_numpy(*(np.asarray(x, np.float32) for x in (q, k, v, g)))
+    out, vjp = jax.vjp(lambda *a: vit.chunked_attention(*a, q_block=16), q, k, v)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=0.03 * np.abs(ref).max())
+    for got, want in zip(vjp(g), ref_grads):
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=0.03 * np.abs(want).max())
+
+
+
+def test_chunked_attention_grad_memory_is_blockwise():
+    """Compiled (not run) backward temp memory at 2,048 tokens: XLA's dense attention holds several (B, h, L, L)
+    float32 arrays; chunked attention a few (B, h, q_block, L) ones (measured: 162.5 MiB dense; 9.6 / 15.6 MiB
+    chunked at q_block 128 / 256, one score matrix being 32 MiB)."""
+    b, length, heads, dim = 1, 2048, 2, 32
+    x = jax.ShapeDtypeStruct((b, length, heads, dim), jnp.float32)
+
+    def temp_bytes(attn):
+        loss = lambda q, k, v: (attn(q, k, v) * q).sum()
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    scores = b * heads * length**2 * 4
+    dense = temp_bytes(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"))
+    chunked = {qb: temp_bytes(lambda q, k, v: vit.chunked_attention(q, k, v, q_block=qb)) for qb in (128, 256)}
+    assert dense >= scores
+    assert chunked[256] < 0.25 * dense and chunked[256] < 0.75 * scores, (dense, chunked)
+    for qb, used in chunked.items():
+        assert used < 6 * b * heads * qb * length * 4, (qb, used)    # a few blocks of probabilities, not L²
+    assert chunked[128] < chunked[256]
+
+def test_vit_chunked_attention_matches_xla(monkeypatch):
+    """Same logits and gradients with attn_impl "chunked" as "xla" (float32), over several query blocks."""
+    monkeypatch.setattr(vit, "CHUNK_Q_BLOCK", 8)                      # 17 tokens: 3 blocks of 6 rows, 1 padded
+    x = _images()
+    y = jax.random.normal(jax.random.key(5), (2, 10))
+    results = {}
+    for impl in ("xla", "chunked"):
+        graphdef, state = nnx.split(create_model("vit_tiny", attn_impl=impl, **TINY_VIT))
+
+        def loss(state):
+            logits = nnx.merge(graphdef, state)(x)
+            return jnp.mean((logits - y) ** 2), logits
+
+        results[impl] = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
+    (_, ref_logits), ref_grads = results["xla"]
+    (_, logits), grads = results["chunked"]
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, ref_grads)
+
+
+def test_attn_impl_auto_resolution():
+    resolve = vit._attn_implementation
+    for impl in ("xla", "chunked"):
+        assert resolve(impl, jnp.bfloat16, 4097) == impl
+    if jax.default_backend() == "cpu":
+        for dtype, min_length in ((jnp.bfloat16, vit.CHUNK_MIN_LENGTH_16BIT), (jnp.float32, vit.CHUNK_MIN_LENGTH)):
+            assert resolve("auto", dtype, min_length) == "chunked"
+            assert resolve("auto", dtype, min_length - 1) == "xla"
+    with pytest.raises(ValueError, match="chunked"):
+        create_model("vit_tiny", attn_impl="flash", **TINY_VIT)
