@@ -99,8 +99,15 @@ def _mixed_dot_fwd(lhs, rhs, dn, precision, out_dtype):
 
 def _mixed_dot_bwd(dn, precision, out_dtype, residuals, g):
     lhs, rhs = residuals
+    g = g.astype(lhs.dtype)
+    if dn == (((lhs.ndim - 1,), (0,)), ((), ())) and rhs.ndim == 2:
+        # A dense layer (x @ W): both products take bf16 operands and accumulate into float32 outputs, rounded to
+        # bf16 once. XLA:CPU keeps only this form of a bf16 matmul in bf16 (a bf16-output dot is run in float32).
+        dx = jnp.einsum("...o,io->...i", g, rhs, precision=precision, preferred_element_type=out_dtype)
+        dw = jnp.einsum("...i,...o->io", lhs, g, precision=precision, preferred_element_type=out_dtype)
+        return dx.astype(lhs.dtype), dw.astype(rhs.dtype)
     _, vjp = jax.vjp(lambda a, b: jax.lax.dot_general(a, b, dn, precision=precision), lhs, rhs)
-    return vjp(g.astype(lhs.dtype))
+    return vjp(g)
 
 
 _mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
