@@ -18,6 +18,10 @@ def _pct(x):
     return "—" if x is None else f"{100 * x:.0f} %"
 
 
+def _div(x, scale):
+    return None if x is None else x / scale
+
+
 def _mib(x):
     return "—" if x is None else f"{x / 2**20:,.0f}"
 
@@ -128,7 +132,7 @@ def markdown(res: dict) -> str:
                 continue
             rows.append(common + [_f(r["step_s"]), _f(r["images_per_s"]), f"{r['tokens_per_s']:,.0f}",
                                   _f(r["flops_per_step"] / 1e12), _pct(r.get(eff_key)),
-                                  _f(r.get("probe_f32_flop_per_s", 0) / 1e9, "{:.0f}"), _pct(r.get("efficiency_probe")),
+                                  _f(_div(r.get("probe_f32_flop_per_s"), 1e9), "{:.0f}"), _pct(r.get("efficiency_probe")),
                                   _mib(r.get("total_bytes_per_image")), _f(r.get("compile_s"), "{:.0f}")])
         lines += _table(["model", "p", "image", "batch", "tokens", "what", "dtype/remat", "s/step", "img/s", "tok/s",
                          "TFLOP/step", eff_name, "probe GFLOP/s", "eff (probe)", "MiB/image", "compile s"],
@@ -151,7 +155,9 @@ def markdown(res: dict) -> str:
                 continue
             rows.append(common + [_f(r["time_s"] * 1e3, "{:.1f}"), _mib(r.get("total_bytes")),
                                   _f(r["flop_per_s"] / 1e9, "{:.1f}"), _pct(r.get("flop_frac_f32_matmul")),
-                                  _f(r.get("bytes_per_s", 0) / 1e9, "{:.1f}"), _pct(r.get("bytes_frac_copy"))])
+                                  _f(_div(r.get("bytes_per_s"), 1e9), "{:.1f}"), _pct(r.get("bytes_frac_copy"))])
+        if res.get("scan_note"):
+            lines += [f"Note: {res['scan_note']}.", ""]
         lines += _table(["length", "impl", "Q", "pass", "ms", "MiB", "GFLOP/s", "% f32 matmul", "GB/s",
                          "% copy bw"], rows) + [""]
     return "\n".join(lines) + "\n"
