@@ -16,7 +16,7 @@ N d_state, H heads, h SwiGLU/MLP hidden, Q chunk, c compute-dtype bytes, f = 4 f
     output D, norm2 output d, SwiGLU product h.
   - ViT, float32 part: block input d, qkv 3d, mid residual d, fc1 output h; compute-dtype part: LN outputs 2d, q/k/v
     3d, attention output d, GELU output h; attention `xla` also keeps the softmax probabilities heads·T (float32),
-    `cudnn`/flash only the log-sum-exp (heads floats).
+    `cudnn`/flash and `chunked` only the log-sum-exp (heads floats).
   With a `dots*` remat policy only the matmul outputs among these are kept.
 * **across the backward pass**: no remat → all blocks' saved activations; remat (`nothing_saveable`/`full`) → the
   block inputs only, depth·T·d·f (adventurer.md §9).
@@ -143,8 +143,12 @@ def _block_bytes(terms, c: int, kind: str) -> float:
 
 def estimate(model_name: str, patch_size: int, image_size: int, *, batch: int = 1, dtype: str = "float32",
              remat: Any = "", chunk_size: int = 128, num_classes: int = 1000, num_channels: int = 3,
-             attn_impl: str = "xla", fsdp: int = 1, num_params: int | None = None, **overrides) -> MemoryEstimate:
+             attn_impl: str = "auto", fsdp: int = 1, num_params: int | None = None, **overrides) -> MemoryEstimate:
     """Analytic per-device training memory (module doc) for `batch` images per device.
+
+    `attn_impl` (ViT) is resolved as the model resolves it on this machine's backend ("auto": cuDNN on a GPU in
+    bf16, query-chunked attention on a CPU from a few hundred tokens, dense XLA otherwise); name it explicitly to
+    estimate for another device.
 
     `overrides` are create_model's architecture overrides (width, depth, d_state, ...). `num_params` skips the
     abstract model build (`nnx.eval_shape`) when known.
@@ -166,8 +170,13 @@ def estimate(model_name: str, patch_size: int, image_size: int, *, batch: int = 
     else:
         from pixeltok.models import vit_heads
         heads = vit_heads(d, kw.get("head_dim"))
-        terms = vit_block_terms(d, tokens, heads=heads, mlp_ratio=kw.get("mlp_ratio", 4.0), attn_impl=attn_impl)
-        transient = 4 * heads * tokens * tokens * 4 if attn_impl == "xla" else 0
+        from pixeltok.models import vit as vit_module
+        impl = vit_module._attn_implementation(attn_impl, dtype, tokens)
+        terms = vit_block_terms(d, tokens, heads=heads, mlp_ratio=kw.get("mlp_ratio", 4.0), attn_impl=impl)
+        # Live (L, L)-sized float32 tensors of the block being differentiated: dense XLA ~4 (logits, probabilities
+        # and their cotangents); chunked ~3 of one (q_block, L) block; cuDNN flash none.
+        transient = {"xla": 4 * heads * tokens * tokens * 4,
+                     "chunked": 3 * heads * min(vit_module.CHUNK_Q_BLOCK, tokens) * tokens * 4}.get(impl, 0)
     block = _block_bytes(terms, c, "none") * tokens * batch
     kept = _block_bytes(terms, c, kind) * tokens * batch
     if kind == "full":

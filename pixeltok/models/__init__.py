@@ -88,7 +88,7 @@ def create_model(name: str, patch_size: int = 16, image_size: int = 224, num_cla
         "bfloat16" compute dtype), remat (None/"" or a jax.checkpoint_policies name), drop_path,
         drop_path_schedule ("released_code" | "linear"; ViT default "linear"), head_dim, posemb ("learned");
         Adventurer: d_state, expand, chunk_size, ssd_impl ("chunked" | "recurrent"), flip_rule ("alternate" |
-        "released_code" | "none"); ViT: attn_impl ("auto" | "xla" | "cudnn"), mlp_ratio.
+        "released_code" | "none"); ViT: attn_impl ("auto" | "xla" | "cudnn" | "chunked"), mlp_ratio.
     """
     arch, kwargs = resolve_architecture(name, **overrides)
     return ARCH[arch](patch_size=patch_size, image_size=image_size, num_classes=num_classes,
