@@ -74,9 +74,8 @@ def train_grid(quick: bool) -> list[dict]:
                 for m in ("vit_tiny", "adventurer_tiny")]
     grid = []
     # Token sweep of the tiny models: Adventurer vs ViT against tokens (the crossover). Batch 4 up to ~1k tokens,
-    # batch 1 from ~3k: ViT-T at 4,097 × 4 compiles to 33 GiB (the saved (B, h, L, L) attention probabilities) and
-    # Adventurer-T to 12.7 GiB, and per-block remat does not reduce XLA:CPU's compiled memory (measured, see the
-    # report), so batch 1 is what fits the budget.
+    # batch 1 from ~3k, where a step takes seconds on 2 cores (and where, before chunked attention, ViT-T at
+    # 4,097 × 4 compiled to 33 GiB of saved (B, h, L, L) probabilities; Adventurer-T × 4 compiles to ~9 GiB).
     for image, patch in ((32, 4), (32, 2), (224, 16), (224, 8), (32, 1), (224, 4), (64, 1)):
         batch = 1 if (image // patch) ** 2 >= 3000 else 4
         for m in ("vit_tiny", "adventurer_tiny"):
