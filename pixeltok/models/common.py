@@ -150,6 +150,18 @@ def patch_embed_conv(num_channels: int, width: int, patch_size: int, *, kernel_i
                     bias_init=bias_init, rngs=rngs)
 
 
+def embed_with_cls(model: nnx.Module, images: Array, *, cls_first: bool) -> Array:
+    """Patch tokens plus the cls token, then the learned position embedding: (batch, n + 1, d) float32.
+
+    `model` has patch_embed, cls_token, pos_embed, image_size, num_channels, patch_size, width and dtype. The cls
+    token goes first (ViT, DeiT layout) or last (Adventurer, where the causal scan must have read every patch).
+    """
+    check_images(images, model.image_size, model.num_channels)
+    x = embed_patches(model.patch_embed, images, model.patch_size, model.dtype)
+    cls = jnp.broadcast_to(model.cls_token[...], (x.shape[0], 1, model.width))
+    return jnp.concatenate([cls, x] if cls_first else [x, cls], axis=1) + model.pos_embed[...]
+
+
 def embed_patches(conv: nnx.Conv, images: Array, patch_size: int, dtype) -> Array:
     """Applies the patch-embed conv as one matmul over row-major patches.
 

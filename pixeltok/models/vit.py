@@ -264,10 +264,7 @@ class ViT(nnx.Module):
 
     def embed(self, images: Array) -> Array:
         """images (batch, H, W, C) -> tokens (batch, n + 1, d) float32: cls FIRST, then patches row-major, + pos."""
-        common.check_images(images, self.image_size, self.num_channels)
-        x = common.embed_patches(self.patch_embed, images, self.patch_size, self.dtype)
-        cls = jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, self.width))
-        return jnp.concatenate([cls, x], axis=1) + self.pos_embed[...]
+        return common.embed_with_cls(self, images, cls_first=True)
 
     def forward_features(self, images: Array, train: bool = False, *, rng: Array | None = None) -> Array:
         """The residual stream after the last block (before the final norm): (batch, n + 1, d) float32."""
