@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 Array = jax.Array
 
@@ -68,6 +69,9 @@ def linear(din: int, dout: int, *, use_bias: bool, kernel_init: Callable, dtype,
                       bias_init=bias_init, rngs=rngs)
 
 
+MIXED_DOT_NAME = "pixeltok_mixed_dot"
+
+
 def mixed_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None, preferred_element_type=None,
                       out_sharding=None) -> Array:
     """`lax.dot_general` whose backward pass multiplies in the operands' dtype.
@@ -85,7 +89,10 @@ def mixed_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                    preferred_element_type=preferred_element_type, **kwargs)
     dn = tuple(tuple(tuple(d) for d in pair) for pair in dimension_numbers)
-    return _mixed_dot(lhs, rhs, dn, precision, jnp.dtype(preferred_element_type))
+    out = _mixed_dot(lhs, rhs, dn, precision, jnp.dtype(preferred_element_type))
+    # Inside a custom_vjp the matmul is invisible to the `dots*` remat policies; the name lets `remat_policy`
+    # save it like any other dot.
+    return checkpoint_name(out, MIXED_DOT_NAME)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -266,6 +273,9 @@ def remat_policy(remat) -> Callable | None | bool:
                          f"{', '.join(v for v in valid if callable(getattr(jax.checkpoint_policies, v)))}")
     policy = getattr(jax.checkpoint_policies, remat)
     # Factories (save_only_these_names, ...) need arguments; only plain policies can be named.
+    if "dots" in remat:  # also save the bf16 linear layers' matmuls, hidden in mixed_dot_general's custom_vjp
+        names = jax.checkpoint_policies.save_only_these_names(MIXED_DOT_NAME)
+        return jax.checkpoint_policies.save_from_both_policies(policy, names)
     return policy
 
 
