@@ -171,7 +171,7 @@ def estimate(model_name: str, patch_size: int, image_size: int, *, batch: int = 
         from pixeltok.models import vit_heads
         heads = vit_heads(d, kw.get("head_dim"))
         from pixeltok.models import vit as vit_module
-        impl = vit_module._attn_implementation(attn_impl, dtype, tokens)
+        impl = vit_module.resolve_attn_impl(attn_impl, dtype, tokens)
         terms = vit_block_terms(d, tokens, heads=heads, mlp_ratio=kw.get("mlp_ratio", 4.0), attn_impl=impl)
         # Live (L, L)-sized float32 tensors of the block being differentiated: dense XLA ~4 (logits, probabilities
         # and their cotangents); chunked ~3 of one (q_block, L) block; cuDNN flash none.

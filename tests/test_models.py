@@ -774,7 +774,7 @@ def test_vit_chunked_attention_matches_xla(monkeypatch):
 
 
 def test_attn_impl_auto_resolution():
-    resolve = vit._attn_implementation
+    resolve = vit.resolve_attn_impl
     for impl in ("xla", "chunked"):
         assert resolve(impl, jnp.bfloat16, 4097) == impl
     if jax.default_backend() == "cpu":

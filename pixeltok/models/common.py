@@ -101,7 +101,7 @@ def _mixed_dot(lhs: Array, rhs: Array, dn, precision, out_dtype) -> Array:
 
 
 def _mixed_dot_fwd(lhs, rhs, dn, precision, out_dtype):
-    return _mixed_dot(lhs, rhs, dn, precision, out_dtype), (lhs, rhs)
+    return jax.lax.dot_general(lhs, rhs, dn, precision=precision, preferred_element_type=out_dtype), (lhs, rhs)
 
 
 def _mixed_dot_bwd(dn, precision, out_dtype, residuals, g):

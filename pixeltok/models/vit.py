@@ -49,7 +49,7 @@ def _check_attn_impl(impl: str) -> str:
     return impl
 
 
-def _attn_implementation(impl: str, dtype, length: int) -> str:
+def resolve_attn_impl(impl: str, dtype, length: int) -> str:
     """Resolves "auto" for a sequence length: cuDNN flash attention on GPU for 16-bit inputs (it needs them);
     on CPU `chunked_attention` from CHUNK_MIN_LENGTH(_16BIT) tokens (XLA's dense attention there writes and
     re-reads the (L, L) float32 probabilities and runs its backward matmuls in float32); XLA's otherwise.
@@ -61,6 +61,27 @@ def _attn_implementation(impl: str, dtype, length: int) -> str:
         return "cudnn"
     min_length = CHUNK_MIN_LENGTH_16BIT if half else CHUNK_MIN_LENGTH
     return "chunked" if backend == "cpu" and length >= min_length else "xla"
+
+
+def padded_attention(q: Array, k: Array, v: Array, *, implementation: str = "cudnn", multiple: int = 128) -> Array:
+    """`jax.nn.dot_product_attention` on a length padded up to a multiple of `multiple`, padded keys masked out.
+
+    Why: cuDNN's fused attention rejects some lengths in training (odd ones on current JAX, and a ViT has n + 1
+    tokens: 197, 50,177) and runs best on tile multiples. The padded keys are excluded through
+    `key_value_seq_lengths` (cuDNN's padding mask, no bias tensor), padded query rows are dropped, so the result
+    equals unpadded attention.
+
+    q, k, v: (batch, length, heads, head_dim) -> (batch, length, heads, head_dim).
+    """
+    b, length = q.shape[:2]
+    pad = -length % multiple
+    if pad == 0:
+        return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
+    lengths = jnp.full((b,), length, jnp.int32)
+    o = jax.nn.dot_product_attention(q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+                                     implementation=implementation)
+    return o[:, :length]
 
 
 def chunked_attention(q: Array, k: Array, v: Array, *, q_block: int = CHUNK_Q_BLOCK) -> Array:
@@ -180,9 +201,9 @@ class Attention(nnx.Module):
         b, length, d = x.shape
         qkv = self.qkv(x).astype(self.dtype).reshape(b, length, 3, self.heads, d // self.heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # (batch, length, heads, head_dim)
-        impl = _attn_implementation(self.impl, self.dtype, length)
+        impl = resolve_attn_impl(self.impl, self.dtype, length)
         if impl == "chunked":
-            o = chunked_attention(q, k, v, q_block=CHUNK_Q_BLOCK)
+            o = chunked_attention(q, k, v)
         elif impl == "cudnn":
             o = padded_attention(q, k, v, implementation="cudnn")
         else:
@@ -275,23 +296,3 @@ class ViT(nnx.Module):
         x = self.forward_features(images, train, rng=rng)
         return self.head(self.norm(x[:, 0]).astype(self.dtype)).astype(jnp.float32)
 
-
-def padded_attention(q: Array, k: Array, v: Array, *, implementation: str = "cudnn", multiple: int = 128) -> Array:
-    """`jax.nn.dot_product_attention` on a length padded up to a multiple of `multiple`, padded keys masked out.
-
-    Why: cuDNN's fused attention rejects some lengths in training (odd ones on current JAX, and a ViT has n + 1
-    tokens: 197, 50,177) and runs best on tile multiples. The padded keys are excluded through
-    `key_value_seq_lengths` (cuDNN's padding mask, no bias tensor), padded query rows are dropped, so the result
-    equals unpadded attention.
-
-    q, k, v: (batch, length, heads, head_dim) -> (batch, length, heads, head_dim).
-    """
-    b, length = q.shape[:2]
-    pad = -length % multiple
-    if pad == 0:
-        return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
-    q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
-    lengths = jnp.full((b,), length, jnp.int32)
-    o = jax.nn.dot_product_attention(q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
-                                     implementation=implementation)
-    return o[:, :length]
