@@ -16,10 +16,25 @@ import argparse
 import sys
 
 import jax
+import jax.numpy as jnp
 
 from benchmarks.common import log, write_json
 from benchmarks.limits import matmul_flops
-from benchmarks.train_step import bench_train_config, peak_device_bytes
+from benchmarks.train_step import bench_train_config
+from pixeltok.models import ADVENTURER_DEFAULTS, resolve_architecture
+
+
+def peak_device_bytes() -> int | None:
+    """The device allocator's peak bytes in use since the process started (GPU/TPU; None where not reported)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def ssd_chunk(model: str, chunk_size: int | None) -> int | None:
+    """The SSD chunk length a row reports: the given one, Adventurer's default, or None for a ViT."""
+    if resolve_architecture(model)[0] != "adventurer":
+        return None
+    return chunk_size or ADVENTURER_DEFAULTS["chunk_size"]
 
 
 def run_long_step(model: str, patch: int, image: int, batch: int, *, remat: str, dtype: str, classes: int,
@@ -31,13 +46,12 @@ def run_long_step(model: str, patch: int, image: int, batch: int, *, remat: str,
     row = bench_train_config(model, patch, image, batch, classes=classes, overrides=overrides, limits=None,
                              mem_budget=2**62, max_time_s=max_time_s)
     row["peak_bytes_in_use"] = peak_device_bytes()
-    import jax.numpy as jnp
     gpu = jax.default_backend() == "gpu"
     bf16 = matmul_flops(8192 if gpu else 2048, jnp.bfloat16, max_time_s=4.0)["flop_per_s"]
     row["bf16_f32_matmul_flop_per_s"] = bf16
     row["mfu_bf16"] = row["flop_per_s"] / bf16
     row["device_kind"] = jax.devices()[0].device_kind
-    row["chunk_size"] = chunk_size or (128 if model.startswith("adventurer") else None)
+    row["chunk_size"] = ssd_chunk(model, chunk_size)
     return row
 
 
@@ -60,7 +74,7 @@ def main(argv=None) -> int:
                             classes=args.classes, max_time_s=args.max_time_s, chunk_size=args.chunk_size)
     except Exception as e:  # noqa: BLE001 - the parent records the reason in the report
         row = {"model": args.model, "patch": args.patch, "image": args.image, "batch": args.batch,
-               "remat": args.remat, "chunk_size": args.chunk_size or (128 if args.model.startswith("adv") else None),
+               "remat": args.remat, "chunk_size": ssd_chunk(args.model, args.chunk_size),
                "skipped": f"{type(e).__name__}: {str(e)[:300]}"}
     write_json(args.out, row)
     msg = row.get("skipped") or (f"{row['step_s']:.3f} s/step, MFU {row['mfu_bf16']:.1%}, peak "

@@ -151,7 +151,7 @@ SKIPPED_BY_DESIGN = [
 # ---------------------------------------------------------------------------------------------------------- torch
 def run_torch(configs: list[dict], max_time_s: float) -> list[dict]:
     """Runs benchmarks/torch_ref.py in the PyTorch environment on `configs`; returns its rows (or skip rows)."""
-    if not TORCH_PYTHON or "torch" not in SECTIONS:
+    if not TORCH_PYTHON:
         return [{**c, "skipped": "PyTorch reference disabled"} for c in configs]
     if not (os.path.exists(TORCH_PYTHON) or shutil.which(TORCH_PYTHON)):
         return [{**c, "skipped": f"{TORCH_PYTHON} missing (make bench creates .venv-torch)"} for c in configs]
@@ -426,7 +426,7 @@ def main() -> int:
                      if not only or str(i) in only.split(",")]
         run_long_steps(long_cfgs, max_time_s=10.0, save=lambda rows: save("long", rows))
     if "scan" in SECTIONS:
-        run_scan_bench(QUICK, result["limits"], MEM_BUDGET, GPU, save=lambda rows: save("scan", rows))
+        run_scan_bench(QUICK, MEM_BUDGET, GPU, save=lambda rows: save("scan", rows))
     if "train" in SECTIONS:
         def save_train(train, torch_rows):
             save("train", train)

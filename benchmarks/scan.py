@@ -83,7 +83,7 @@ def scan_fn(impl: str, chunk: int, backward: bool):
 
 
 def bench_scan_config(impl: str, length: int, chunk: int | None, backward: bool, *, dtype=jnp.float32,
-                      batch: int = 1, mem_budget: int, max_time_s: float, limits: dict | None = None,
+                      batch: int = 1, mem_budget: int, max_time_s: float,
                       run: bool = True) -> dict:
     """Compiles (always) and times (if it fits) one scan configuration; returns a result row."""
     row = {"impl": impl, "length": length, "chunk": chunk, "pass": "fwd+bwd" if backward else "fwd",
@@ -117,12 +117,7 @@ def bench_scan_config(impl: str, length: int, chunk: int | None, backward: bool,
     row["flop_per_s"] = flops / t["median_s"]
     if "xla_bytes_accessed" in row:
         row["bytes_per_s"] = row["xla_bytes_accessed"] / t["median_s"]
-    if limits:
-        row["flop_frac_f32_matmul"] = row["flop_per_s"] / limits["f32_matmul_flop_per_s"]
-        row["flop_frac_bf16_matmul"] = row["flop_per_s"] / limits["bf16_f32_matmul_flop_per_s"]
-        if "bytes_per_s" in row:
-            row["bytes_frac_copy"] = row["bytes_per_s"] / limits["copy_bytes_per_s"]
-    return row
+    return row  # fractions of the machine limits: run.attach_fractions, against the best of the limit rounds
 
 
 def scan_grid(quick: bool, gpu: bool = False) -> list[dict]:
@@ -140,7 +135,7 @@ def scan_grid(quick: bool, gpu: bool = False) -> list[dict]:
     return grid
 
 
-def run_scan_bench(quick: bool, limits: dict, mem_budget: int, gpu: bool = False, save=None) -> list[dict]:
+def run_scan_bench(quick: bool, mem_budget: int, gpu: bool = False, save=None) -> list[dict]:
     """Runs the scan grid; one row per configuration (skipped ones carry a `skipped` reason).
 
     On a GPU the batch is 8 (batch 1 at 1k tokens is a few microseconds of work per kernel: launch-bound) and the
@@ -151,7 +146,7 @@ def run_scan_bench(quick: bool, limits: dict, mem_budget: int, gpu: bool = False
         if gpu and cfg["impl"] == "recurrent" and cfg["length"] > 16384:
             continue
         row = bench_scan_config(cfg["impl"], cfg["length"], cfg["chunk"], cfg["backward"], mem_budget=mem_budget,
-                                max_time_s=2.0 if gpu else 4.0 if quick else 8.0, limits=limits,
+                                max_time_s=2.0 if gpu else 4.0 if quick else 8.0,
                                 batch=8 if gpu else 1)
         msg = row.get("skipped") or f"{row['time_s'] * 1e3:.1f} ms, {row.get('total_bytes', 0) / 2**20:.0f} MiB"
         log(f"scan {cfg['impl']:9s} L={cfg['length']:6d} b={row['batch']} Q={cfg['chunk']} {row['pass']:7s}: {msg}")

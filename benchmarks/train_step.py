@@ -110,15 +110,7 @@ def bench_train_config(model: str, patch: int, image: int, batch: int, *, classe
         row["efficiency_bf16"] = row["flop_per_s"] / limits["bf16_f32_matmul_flop_per_s"]
     if "probe_f32_flop_per_s" in row:
         row["efficiency_probe"] = row["flop_per_s"] / row["probe_f32_flop_per_s"]
-    if jax.default_backend() == "gpu":
-        row["peak_bytes_in_use"] = peak_device_bytes()
     return row
-
-
-def peak_device_bytes() -> int | None:
-    """The device allocator's peak bytes in use since the process started (GPU/TPU; None where not reported)."""
-    stats = jax.devices()[0].memory_stats() or {}
-    return stats.get("peak_bytes_in_use")
 
 
 def describe(row: dict) -> str:
