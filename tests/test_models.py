@@ -20,6 +20,7 @@ from pixeltok.models import (ARCH, KeySeq, count_params, create_model, drop_path
 from pixeltok.models import adventurer as adv
 from pixeltok.models import vit
 from pixeltok.models import common
+from pixeltok.ops import resize
 
 # A tiny Adventurer / ViT for behavioural tests: 16×16 images, p=4 -> 16 patches.
 TINY_ADV = dict(patch_size=4, image_size=16, num_classes=10, width=32, depth=2, d_state=16, head_dim=32,
@@ -581,13 +582,13 @@ def keys_matrix_numpy(n_in, n_out, a=-0.75):
 
 def test_cubic_matrix_parity_and_properties():
     for n_in, n_out in ((8, 14), (14, 8), (7, 7), (4, 16), (16, 5)):
-        mine = common.keys_cubic_matrix(n_in, n_out)
+        mine = resize.keys_cubic_matrix(n_in, n_out)
         np.testing.assert_allclose(mine, keys_matrix_numpy(n_in, n_out), atol=1e-12)
         np.testing.assert_allclose(mine.sum(1), 1.0, atol=1e-12)      # constants stay constant
-    np.testing.assert_array_equal(common.keys_cubic_matrix(9, 9), np.eye(9))
+    np.testing.assert_array_equal(resize.keys_cubic_matrix(9, 9), np.eye(9))
     # Exact 2× upsampling weights of PyTorch bicubic (a=-0.75): t = 0.75 and 0.25.
     # Output 5 samples source 2.25 (t = 0.25): taps 1..4 weigh W(1.25), W(0.25), W(0.75), W(1.75).
-    np.testing.assert_allclose(common.keys_cubic_matrix(8, 16)[5, 1:5], [-0.10546875, 0.87890625, 0.26171875,
+    np.testing.assert_allclose(resize.keys_cubic_matrix(8, 16)[5, 1:5], [-0.10546875, 0.87890625, 0.26171875,
                                                                          -0.03515625], atol=1e-12)
 
 

@@ -10,8 +10,9 @@ import jax
 from flax import nnx
 
 from pixeltok.models.adventurer import Adventurer, flip_layer_set, flip_layers
-from pixeltok.models.common import KeySeq, drop_path_rates, resize_patch_embed, resize_posemb
+from pixeltok.models.common import KeySeq, drop_path_rates
 from pixeltok.models.vit import ViT, vit_heads
+from pixeltok.ops.resize import resize_patch_embed, resize_posemb
 
 # name -> (architecture, width, depth); DeiT sizes for ViT, the paper's sizes for Adventurer (adventurer.md §1).
 MODELS = {
