@@ -126,6 +126,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.ema_decay = 0.0                        # 0: off; paper keeps an EMA (0.99996) but reports the raw model
     c.seed = 0
 
+    # --- schedule (WSD)
+    c.schedule = "cosine"                    # cosine | wsd (warmup-stable-decay; pixeltok.optim.make_schedule)
+    c.wsd_decay_fraction = 0.2               # wsd: cooldown = round(fraction * total_steps) last steps
+    c.wsd_decay_shape = "linear"             # wsd cooldown shape: linear | sqrt (1 - sqrt t) | cosine
+
     # --- loop, checkpoints, logging
     c.eval_every_steps = 1000
     c.checkpoint_every_steps = 1000
