@@ -98,6 +98,100 @@ def test_sweep_runs_skips_and_reports_failures(tmp_path, capsys, parallel):
     assert "$ " in (root / "m_p8_s1" / "sweep.log").read_text()
 
 
+def test_wsd_family_expansion_and_decay_start_matches_optim():
+    from pixeltok import optim
+    runs = sweep.wsd_family("adv_p4_s0", "configs/quickstart.py:p4", {"seed": 0}, [125, 1000, 250, 500],
+                            decay_fraction=0.2)
+    assert [r.name for r in runs] == ["adv_p4_s0_n1000", "adv_p4_s0_n125", "adv_p4_s0_n250", "adv_p4_s0_n500"]
+    long = runs[0]
+    # hand values: S(n) = n - round(0.2 n): 125 -> 100, 250 -> 200, 500 -> 400
+    assert long.after is None and long.overrides == {"seed": 0, "schedule": "wsd", "wsd_decay_fraction": 0.2,
+                                                     "total_steps": 1000, "checkpoint_steps": "100,200,400"}
+    assert [r.after for r in runs[1:]] == [("adv_p4_s0_n1000", 100), ("adv_p4_s0_n1000", 200),
+                                          ("adv_p4_s0_n1000", 400)]
+    assert [r.overrides["total_steps"] for r in runs[1:]] == [125, 250, 500]
+    assert all("checkpoint_steps" not in r.overrides for r in runs[1:])
+    for n in range(1, 3000, 7):
+        for f in (0.1, 0.2, 0.25, 0.5):
+            assert sweep.wsd_decay_start(n, f) == optim.wsd_decay_start(n, f)
+    with pytest.raises(ValueError, match="distinct positive"):
+        sweep.wsd_family("x", "c.py", {}, [100, 100])
+    with pytest.raises(ValueError, match="no stable-phase branch step"):
+        sweep.wsd_family("x", "c.py", {}, [1, 100])
+
+
+def test_wsd_sweep_module_dry_run_exact(tmp_path, capsys):
+    module = tmp_path / "wsdsweep.py"
+    module.write_text(textwrap.dedent("""
+        def get_sweep():
+            return [{"name": "v", "config": "c.py", "overrides": {"lr": 0.001}, "wsd_budgets": [40, 20],
+                     "wsd_decay_fraction": 0.25}]
+    """))
+    assert sweep.main(["--sweep", str(module), "--root", "R", "--python", "py", "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "py -m pixeltok.main --config=c.py --workdir=R/v_n40 --config.lr=0.001 --config.schedule=wsd "
+        "--config.wsd_decay_fraction=0.25 --config.total_steps=40 --config.checkpoint_steps=15",
+        "py -m pixeltok.main --config=c.py --workdir=R/v_n20 --config.lr=0.001 --config.schedule=wsd "
+        "--config.wsd_decay_fraction=0.25 --config.total_steps=20 --config.cooldown_from=R/v_n40:15"]
+
+
+FAKE_WSD_MAIN = """#!{python}
+# Stands in for `python -m pixeltok.main`: a long run commits its checkpoint_steps one by one; a branch checks
+# that its parent's step exists when it starts.
+import json, os, sys, time
+args = dict(a.split("=", 1) for a in sys.argv[3:] if "=" in a)
+wd = args["--workdir"]
+t0 = time.time()
+src = args.get("--config.cooldown_from")
+if src:
+    parent, step = src.rsplit(":", 1)
+    if not os.path.isdir(os.path.join(parent, "checkpoints", step)):
+        sys.exit(5)
+for s in [int(x) for x in args.get("--config.checkpoint_steps", "").split(",") if x]:
+    time.sleep(0.3)
+    os.makedirs(os.path.join(wd, "checkpoints", str(s)))
+time.sleep(0.3)
+with open(os.path.join(wd, "fake.json"), "a") as f:
+    f.write(json.dumps({{"t0": t0, "t1": time.time()}}) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_wsd_branches_wait_for_parent_step(tmp_path, capsys, parallel):
+    fake = tmp_path / "fakepy"
+    fake.write_text(FAKE_WSD_MAIN.format(python=sys.executable))
+    fake.chmod(0o755)
+    root = tmp_path / "runs"
+    runs = sweep.wsd_family("a", "c.py", {}, [100, 200, 400]) + sweep.wsd_family("b", "c.py", {}, [50, 100])
+    assert sweep.run_all(runs, root, python=str(fake), parallel=parallel, poll_s=0.02) == []
+    assert sorted(p.parent.name for p in root.glob("*/DONE")) == ["a_n100", "a_n200", "a_n400", "b_n100", "b_n50"]
+    t = {p.parent.name: json.loads(p.read_text()) for p in root.glob("*/fake.json")}
+    if parallel == 1:           # list order: a's long run, its branches, then b's family
+        order = sorted(t, key=lambda n: t[n]["t0"])
+        assert order == ["a_n400", "a_n100", "a_n200", "b_n100", "b_n50"]
+    else:                       # a branch starts while its parent is still running
+        assert t["a_n100"]["t0"] < t["a_n400"]["t1"]
+    err = capsys.readouterr().err
+    # rerun: everything finished, nothing runs
+    assert sweep.run_all(runs, root, python=str(fake), parallel=parallel, poll_s=0.02) == []
+    assert "skip a_n100" in capsys.readouterr().err and "FAILED" not in err
+
+
+def test_wsd_branch_without_parent_checkpoint_fails(tmp_path, capsys):
+    fake = tmp_path / "fakepy"
+    fake.write_text(FAKE_WSD_MAIN.format(python=sys.executable))
+    fake.chmod(0o755)
+    root = tmp_path / "runs"
+    (root / "a_n400").mkdir(parents=True)
+    (root / "a_n400" / "DONE").write_text("{}")             # finished, but its checkpoint 80 was not kept
+    (root / "a_n400" / "checkpoints" / "160").mkdir(parents=True)
+    runs = sweep.wsd_family("a", "c.py", {}, [100, 200, 400])
+    failures = sweep.run_all(runs, root, python=str(fake), poll_s=0.02)
+    assert failures == [("a_n100", "no parent checkpoint")]
+    assert (root / "a_n200" / "DONE").is_file() and not (root / "a_n100").exists()
+    assert f"parent a_n400 has no checkpoint at step 80 ({root}/a_n400/checkpoints)" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------------------- tpu pod
 def test_tpu_pod_dry_run_exact(capsys):
     assert tpu_pod.main(["--name", "pod", "--zone", "us-central2-b", "--dry-run", "install", "--repo",
