@@ -27,7 +27,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from pixeltok.data import mixing, sources, transforms
+from pixeltok.data import mixing, segmentation, sources, transforms
 from pixeltok.data.sources import DataInfo
 
 _AUGMENTS = ("rrc", "pad_crop", "none")
@@ -74,6 +74,8 @@ def get_info(config) -> DataInfo:
       ValueError: the data are missing (one line naming the path and how to get them), or `config.num_classes` /
         `config.num_channels` are set (>= 0) and differ from the data.
     """
+    if segmentation.is_dense(config.dataset):
+        return segmentation.get_info(config)
     r = sources.resolve(config)
     train, evals = r.resolve_split(config.train_split), r.resolve_split(config.eval_split)
     total = len(sources.RecordSource(r, train, cache=False))
@@ -146,7 +148,11 @@ def make_train_dataset(config, *, num_classes: int, process_index: int = 0, proc
     Returns:
       A grain IterDataset of {"image": float32 (b, S, S, C) normalised, "label": float32 (b, K)} with
       b = batch_size // process_count; `iter(ds)` is checkpointable (get_state/set_state, grain.checkpoint).
+      Dense data sets (segmentation.is_dense) yield int32 (b, S, S) label maps instead (segmentation.py).
     """
+    if segmentation.is_dense(config.dataset):
+        return segmentation.make_train_dataset(config, num_classes=num_classes, process_index=process_index,
+                                               process_count=process_count)
     _check_config(config)
     local_batch = _per_process(int(config.batch_size), process_count, "batch_size")
     if not 0 <= process_index < process_count:
@@ -221,8 +227,11 @@ def make_eval_batches(config, *, split: str | None = None, process_index: int = 
     real batch is padded with masked (zero) examples and processes with fewer examples add fully masked batches.
 
     Yields:
-      {"image": float32 (b, S, S, C), "label": int32 (b,), "mask": bool (b,)}.
+      {"image": float32 (b, S, S, C), "label": int32 (b,), "mask": bool (b,)}; dense data sets: int32 label maps.
     """
+    if segmentation.is_dense(config.dataset):
+        return segmentation.make_eval_batches(config, split=split, process_index=process_index,
+                                              process_count=process_count)
     _check_config(config)
     b = _per_process(int(config.eval_batch_size), process_count, "eval_batch_size")
     if not 0 <= process_index < process_count:

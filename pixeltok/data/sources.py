@@ -5,6 +5,7 @@ Supported `config.dataset` values:
 * "imagenet2012": read with `tfds.data_source("imagenet2012", data_dir=config.data_dir)` from a TFDS ArrayRecord
   build the user prepared (never downloaded or built here).
 * "imagefolder:<root>": converted once from `<root>/{train,val}/<class>/*` (see builders.py).
+* dense (segmentation) data sets "fashion_mnist_seg", "ade20k", "segfolder:<root>": see segmentation.py.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class DataInfo:
       train_split, eval_split: the split names actually read (aliases resolved, e.g. "test" -> "validation").
       mean, std: per-channel normalisation constants in [0, 1] units.
       class_names: class names when the data set has them, else ().
+      dense: a segmentation data set (labels are (H, W) maps; see data/segmentation.py).
+      ignore_label: the label value of unlabelled/padded pixels in dense labels.
     """
 
     name: str
@@ -63,6 +66,8 @@ class DataInfo:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     class_names: tuple[str, ...] = ()
+    dense: bool = False
+    ignore_label: int = 255
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,4 +236,5 @@ def resolve(config) -> Resolved:
         version_dir = builders.prepare_image_folder(data_dir, root, int(config.num_channels))
         return _from_info(name, os.fspath(version_dir), False, os.fspath(data_dir),
                           _builder(os.fspath(version_dir)).info, IMAGENET_MEAN, IMAGENET_STD)
-    raise ValueError(f"dataset {name!r} is not supported; use 'fashion_mnist', 'imagenet2012' or 'imagefolder:<root>'")
+    raise ValueError(f"dataset {name!r} is not supported; use 'fashion_mnist', 'imagenet2012', 'imagefolder:<root>' "
+                     f"or (segmentation) 'fashion_mnist_seg', 'ade20k', 'segfolder:<root>'")
