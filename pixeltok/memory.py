@@ -3,6 +3,10 @@ the compiled truth (`memory_analysis()`) to compare it with.
 
     python -m pixeltok.memory --config=configs/adventurer_base.py:p1 [--batch 4] [--device-gib 80] [--measure]
 
+`--measure` compiles the trainer's real update step under the configured mesh (`--config.mesh.seq=8` etc.; on CPU
+set XLA_FLAGS=--xla_force_host_platform_device_count=N first) and prints `compiled per-device: X MiB` (temp +
+argument bytes of one device) beside the estimate.
+
 The model (all sizes in bytes; T = tokens in the blocks (n+1 ViT, n+2 Adventurer), d width, D = 2d mixer width,
 N d_state, H heads, h SwiGLU/MLP hidden, Q chunk, c compute-dtype bytes, f = 4 float32 bytes):
 
@@ -62,6 +66,7 @@ class MemoryEstimate:
     working_bytes: int          # the differentiated block's working set
     transient_bytes: int        # SSD decay matrices / attention scores of one block
     embed_bytes: int            # image + patch tokens + head
+    seq: int = 1                # sequence-parallel shards: per-token activations are / seq
 
     @property
     def activation_bytes(self) -> int:
@@ -86,7 +91,7 @@ class MemoryEstimate:
         g = lambda b: f"{b / GIB:9.3f} GiB"  # noqa: E731
         lines = [f"{self.model_name} p{self.patch_size} @{self.image_size}: {self.tokens:,} tokens, "
                  f"{self.num_params:,} params, batch {self.batch}/device, dtype {self.dtype}, "
-                 f"remat {self.remat or 'none'}, chunk {self.chunk_size}, fsdp {self.fsdp}",
+                 f"remat {self.remat or 'none'}, chunk {self.chunk_size}, fsdp {self.fsdp}, seq {self.seq}",
                  f"  train state (params+grads+AdamW) {g(self.state_bytes)}",
                  f"  saved across backward           {g(self.saved_bytes)}   (one block: {g(self.block_bytes)})",
                  f"  working set of one block        {g(self.working_bytes)}",
@@ -143,8 +148,13 @@ def _block_bytes(terms, c: int, kind: str) -> float:
 
 def estimate(model_name: str, patch_size: int, image_size: int, *, batch: int = 1, dtype: str = "float32",
              remat: Any = "", chunk_size: int = 128, num_classes: int = 1000, num_channels: int = 3,
-             attn_impl: str = "auto", fsdp: int = 1, num_params: int | None = None, **overrides) -> MemoryEstimate:
+             attn_impl: str = "auto", fsdp: int = 1, seq: int = 1, num_params: int | None = None,
+             **overrides) -> MemoryEstimate:
     """Analytic per-device training memory (module doc) for `batch` images per device.
+
+    `seq` > 1 is sequence parallelism (docs/sharding.md): each device holds ceil(T / seq) of the tokens, so every
+    per-token activation is divided by seq; attention keys still span all T tokens, and the image itself is
+    replicated over the seq axis.
 
     `attn_impl` (ViT) is resolved as the model resolves it on this machine's backend ("auto": cuDNN on a GPU in
     bf16, query-chunked attention on a CPU from a few hundred tokens, dense XLA otherwise); name it explicitly to
@@ -158,6 +168,8 @@ def estimate(model_name: str, patch_size: int, image_size: int, *, batch: int = 
     arch, kw = resolve_architecture(model_name, **overrides)
     d, depth = kw["width"], kw["depth"]
     tokens = flops.tokens_per_image(model_name, patch_size, image_size)
+    seq = max(1, int(seq))
+    local = -(-tokens // seq)                                       # tokens held by one device
     c = 2 if dtype in ("bfloat16", "bf16", "float16") else 4
     kind = _remat_kind(remat)
     if arch == "adventurer":
@@ -165,8 +177,8 @@ def estimate(model_name: str, patch_size: int, image_size: int, *, batch: int = 
         terms = adventurer_block_terms(d, chunk_size=chunk_size, head_dim=kw.get("head_dim", 64), **arch_kw)
         D = kw.get("expand", 2) * d
         heads = D // min(kw.get("head_dim", 64), D)
-        q = min(chunk_size, tokens)
-        transient = (6 * heads + 2) * tokens * q * 4                # per image
+        q = min(chunk_size, local)
+        transient = (6 * heads + 2) * local * q * 4                # per image
     else:
         from pixeltok.models import vit_heads
         heads = vit_heads(d, kw.get("head_dim"))
@@ -175,15 +187,18 @@ def estimate(model_name: str, patch_size: int, image_size: int, *, batch: int = 
         terms = vit_block_terms(d, tokens, heads=heads, mlp_ratio=kw.get("mlp_ratio", 4.0), attn_impl=impl)
         # Live (L, L)-sized float32 tensors of the block being differentiated: dense XLA ~4 (logits, probabilities
         # and their cotangents); chunked ~3 of one (q_block, L) block; cuDNN flash none.
-        transient = {"xla": 4 * heads * tokens * tokens * 4,
-                     "chunked": 3 * heads * min(vit_module.CHUNK_Q_BLOCK, tokens) * tokens * 4}.get(impl, 0)
-    block = _block_bytes(terms, c, "none") * tokens * batch
-    kept = _block_bytes(terms, c, kind) * tokens * batch
+        # Under seq sharding each device's queries see all T keys (gathered K/V: 2 more (T, d) per block).
+        transient = {"xla": 4 * heads * local * tokens * 4,
+                     "chunked": 3 * heads * min(vit_module.CHUNK_Q_BLOCK, local) * tokens * 4}.get(impl, 0)
+        if seq > 1:
+            transient += 2 * (tokens - local) * d * c
+    block = _block_bytes(terms, c, "none") * local * batch
+    kept = _block_bytes(terms, c, kind) * local * batch
     if kind == "full":
-        saved = depth * tokens * d * 4 * batch
+        saved = depth * local * d * 4 * batch
         working = 2 * block
     elif kind == "dots":
-        saved = depth * (kept + tokens * d * 4 * batch)
+        saved = depth * (kept + local * d * 4 * batch)
         working = 2 * block
     else:
         saved = depth * block
@@ -191,10 +206,10 @@ def estimate(model_name: str, patch_size: int, image_size: int, *, batch: int = 
     if num_params is None:
         num_params = count_params_abstract(model_name, patch_size, image_size, num_classes=num_classes,
                                            num_channels=num_channels, **overrides)
-    embed = (image_size * image_size * num_channels * 4 + 3 * tokens * d * 4) * batch
+    embed = (image_size * image_size * num_channels * 4 + 3 * local * d * 4) * batch
     return MemoryEstimate(model_name, patch_size, image_size, batch, dtype, str(remat or ""), chunk_size, tokens,
                           num_params, fsdp, int(16 * num_params / fsdp), int(block), int(saved), int(working),
-                          int(transient * batch), int(embed))
+                          int(transient * batch), int(embed), seq)
 
 
 def count_params_abstract(model_name: str, patch_size: int, image_size: int, **kwargs) -> int:
@@ -214,13 +229,20 @@ def _dataset_defaults(config) -> tuple[int, int]:
 
 
 def from_config(config, *, num_devices: int = 1, batch: int | None = None) -> MemoryEstimate:
-    """Estimate for a pixeltok config on `num_devices` devices (data x fsdp): per-device micro-batch =
-    batch_size / accum_steps / devices unless `batch` is given."""
-    mesh = dict(config.get("mesh", {}) or {})
-    fsdp = max(1, int(mesh.get("fsdp", 1)))
+    """Estimate for a pixeltok config on `num_devices` devices laid out as `config.mesh` (data x fsdp x seq):
+    per-device micro-batch = batch_size / accum_steps / (data * fsdp) unless `batch` is given; the train state is
+    divided by fsdp and the activations by seq. A mesh that does not fit `num_devices` falls back to all devices
+    on the data axis (the estimate is then for plain data parallelism)."""
+    from pixeltok import sharding
+    mesh_cfg = dict(config.get("mesh", {}) or {}) or {"data": -1}
+    try:
+        shape = sharding.mesh_shape(mesh_cfg, num_devices)
+    except ValueError:
+        shape = {"data": num_devices}
+    fsdp, seq = shape.get("fsdp", 1), shape.get("seq", 1)
     if batch is None:
         micro = config.batch_size // max(1, config.get("accum_steps", 1))
-        batch = max(1, math.ceil(micro / num_devices))
+        batch = max(1, math.ceil(micro / (shape.get("data", 1) * fsdp)))
     model_cfg = dict(config.get("model", {}) or {})
     chunk = int(model_cfg.pop("chunk_size", 128))
     from pixeltok.models import valid_overrides
@@ -228,7 +250,7 @@ def from_config(config, *, num_devices: int = 1, batch: int | None = None) -> Me
     k, ch = _dataset_defaults(config)
     return estimate(config.model_name, config.patch_size, config.image_size, batch=batch,
                     dtype=config.get("dtype", "float32"), remat=config.get("remat", ""), chunk_size=chunk,
-                    num_classes=k, num_channels=ch, fsdp=fsdp, **overrides)
+                    num_classes=k, num_channels=ch, fsdp=fsdp, seq=seq, **overrides)
 
 
 def describe(config, *, num_devices: int = 1, device_bytes: float | None = None) -> str:
@@ -271,27 +293,79 @@ def measure_compiled(model_name: str, patch_size: int, image_size: int, *, batch
                 compile_seconds=seconds)
 
 
+def measure_train_step(config, *, mesh_cfg=None) -> dict:
+    """Compiles the trainer's real update step for `config` under its mesh (abstract inputs, nothing allocated)
+    and returns XLA's per-device memory analysis.
+
+    The step is `pixeltok.train.make_train_step` (loss, grads, AdamW, EMA, metrics), lowered with the train state
+    in its configured shardings and one global batch split over the mesh's data axes, exactly as a run would call
+    it. For a partitioned program XLA reports every size per device.
+
+    Args:
+      config: a pixeltok config (the data set's class/channel counts are read from `config.data_dir`, preparing
+        the data set on first use, as a training run would).
+      mesh_cfg: {axis: size} to use instead of `config.mesh`; the mesh spans all of `jax.devices()` (on CPU set
+        `XLA_FLAGS=--xla_force_host_platform_device_count=N` for N virtual devices).
+
+    Returns:
+      dict(temp_bytes, argument_bytes, output_bytes, alias_bytes, per_device_bytes = temp + argument,
+      generated_code_bytes, compile_seconds, mesh {axis: size}).
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from pixeltok import sharding, train
+
+    if hasattr(train, "plan_run"):
+        s = train.plan_run(config, mesh_cfg=mesh_cfg)
+        state = s.abstract_state                       # ShapeDtypeStructs already carrying their shardings
+    else:                                              # the trainer before the task seam
+        s = train.setup(config, mesh_cfg=mesh_cfg)
+        state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                             s.abstract_state, s.state_shardings)
+    step = train.make_train_step(s)
+    c, micro = s.config, s.config.batch_size
+    batch_sh = sharding.batch_sharding(s.mesh)
+    image = (micro, c.image_size, c.image_size, c.num_channels)
+    if str(c.get("task", "classification")) == "segmentation":      # per-pixel integer labels
+        label = jax.ShapeDtypeStruct(image[:3], jnp.int32, sharding=batch_sh)
+    else:                                                            # soft targets (mixup-ready)
+        label = jax.ShapeDtypeStruct((micro, c.num_classes), jnp.float32, sharding=batch_sh)
+    batch = {"image": jax.ShapeDtypeStruct(image, jnp.float32, sharding=batch_sh), "label": label}
+    bad = jax.ShapeDtypeStruct((2,), jnp.int32, sharding=NamedSharding(s.mesh, P()))
+    t0 = time.perf_counter()
+    with jax.set_mesh(s.mesh):
+        compiled = step.lower(state, batch, bad).compile()
+    seconds = time.perf_counter() - t0
+    ma = compiled.memory_analysis()
+    temp, args = int(ma.temp_size_in_bytes), int(ma.argument_size_in_bytes)
+    return dict(temp_bytes=temp, argument_bytes=args, output_bytes=int(ma.output_size_in_bytes),
+                alias_bytes=int(ma.alias_size_in_bytes), per_device_bytes=temp + args,
+                generated_code_bytes=int(ma.generated_code_size_in_bytes), compile_seconds=seconds,
+                mesh=sharding.describe_mesh(s.mesh))
+
+
 # --------------------------------------------------------------------------------------------------------------- CLI
 def main(argv) -> None:
     from absl import flags
     del argv
-    config = flags.FLAGS.config
-    device = flags.FLAGS.device_gib * GIB if flags.FLAGS.device_gib else None
-    est = from_config(config, num_devices=flags.FLAGS.devices, batch=flags.FLAGS.batch)
-    print(est.table(device))
-    if flags.FLAGS.measure:
-        from pixeltok.models import valid_overrides
-        model_cfg = {k: v for k, v in dict(config.get("model", {}) or {}).items()
-                     if k in valid_overrides(config.model_name)}
-        if resolve_architecture(config.model_name)[0] != "adventurer":
-            model_cfg.pop("chunk_size", None)
-        k, ch = _dataset_defaults(config)
-        m = measure_compiled(config.model_name, config.patch_size, config.image_size, batch=est.batch,
-                             dtype=config.get("dtype", "float32"), remat=config.get("remat", ""), num_classes=k,
-                             num_channels=ch, **model_cfg)
-        print(f"  compiled (memory_analysis): temp {m['temp_bytes'] / GIB:.3f} GiB vs estimated activations "
-              f"{est.activation_bytes / GIB:.3f} GiB (ratio {est.activation_bytes / max(m['temp_bytes'], 1):.2f}); "
-              f"grads {m['output_bytes'] / GIB:.3f} GiB; compile {m['compile_seconds']:.1f} s")
+    import sys
+    try:
+        config = flags.FLAGS.config
+        device = flags.FLAGS.device_gib * GIB if flags.FLAGS.device_gib else None
+        import jax
+        est = from_config(config, num_devices=flags.FLAGS.devices or jax.device_count(), batch=flags.FLAGS.batch)
+        print(est.table(device), flush=True)
+        m = measure_train_step(config) if flags.FLAGS.measure else None
+    except (ValueError, KeyError, FileNotFoundError) as e:     # ConfigError is a ValueError: one line, exit 2
+        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()] or [repr(e)]
+        sys.stderr.write(f"pixeltok: error: {lines[0]}\n")
+        sys.exit(2)
+    if m is not None:
+        mib = 1024**2
+        print(f"  compiled per-device: {m['per_device_bytes'] / mib:.3f} MiB (temp {m['temp_bytes'] / mib:.3f} + "
+              f"arguments {m['argument_bytes'] / mib:.3f} MiB; mesh {m['mesh']}) vs estimated total "
+              f"{est.total_bytes / mib:.1f} MiB; compile {m['compile_seconds']:.1f} s")
 
 
 def _define_flags() -> None:
@@ -299,7 +373,7 @@ def _define_flags() -> None:
     from ml_collections import config_flags
     config_flags.DEFINE_config_file("config", None, "config file[:arg]", lock_config=False)
     flags.DEFINE_integer("batch", None, "images per device (default: batch_size / accum_steps / devices)")
-    flags.DEFINE_integer("devices", 1, "data-parallel devices the global batch is split over")
+    flags.DEFINE_integer("devices", None, "devices the config's mesh spans (default: jax.device_count())")
     flags.DEFINE_float("device_gib", 0.0, "device memory in GiB for the fits / max-batch line (0: skip)")
     flags.DEFINE_bool("measure", False, "also compile forward+backward and print XLA's memory_analysis")
     flags.mark_flag_as_required("config")
