@@ -5,8 +5,8 @@ The recipes themselves (learning rates, batch sizes, epochs, augmentation, stage
 has the paper's tables they come from. This module keeps only what is identical for every such file: checking the
 `pN,res=R,stage=S` argument, the ImageNet data settings, the evaluation crop rule, when long sequences need remat,
 and the cost table the config docstrings quote. Cost estimates use pixeltok.flops and ~100 TFLOP/s sustained per
-A100, the rate implied by the paper's compute table (Adv-B p16 and p1 at 224 both work out to 97-98 TFLOP/s per
-GPU; docs/paper_targets.md, "Compute").
+A100, the rate implied by the paper's compute table (Adv-B p16 and p1 at 224 both work out to 95-98 TFLOP/s per
+GPU, DeiT-B to 103-112; docs/paper_targets.md, "Compute").
 """
 
 from __future__ import annotations
