@@ -21,6 +21,9 @@ install: $(STAMP)
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	# The CPU wheel first (torch==2.13.0 resolves to the local 2.13.0+cpu), so '.[dev]' finds its torch pin met
+	# and never pulls a CUDA build.
+	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $(STAMP)
 

@@ -20,10 +20,17 @@ INSTALL_REQUIRES = [
     "pillow>=10,<14",          # TF-free image decoding for tfds.features.Image
     "tensorboardX>=2.6.2,<2.7",  # TensorBoard events without TensorFlow
     "threadpoolctl>=3.1,<4",    # scaling fits: 1 BLAS thread (tiny L-BFGS solves crawl when oversubscribed)
+    "safetensors>=0.4,<1",      # pretrained weights: .safetensors through the numpy API (no torch needed)
 ]
 
+# torch only reads/writes .pth checkpoints (pixeltok.convert) and runs the PyTorch parity tests. Pinned to the
+# release whose CPU wheel (2.13.0+cpu) the Makefile installs first: any other torch from the index pulls CUDA.
+TORCH = "torch==2.13.0"
+
 EXTRAS = {
+    "torch": [TORCH],
     "dev": [
+        TORCH,
         "pytest>=8,<10",
         "pytest-xdist>=3.5,<4",
         "nbclient>=0.10,<0.11",
