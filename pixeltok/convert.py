@@ -523,7 +523,8 @@ def export(model, path: str, layout: str | None = None, *, strict: bool = True) 
         path += ".pth" if torch is not None else ".safetensors"
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".export-")
+    # torch names the archive's records after the file's stem, which must be a plain name (no leading dot).
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="pixeltok_export_tmp_", suffix=os.path.splitext(path)[1])
     os.close(fd)
     try:
         if path.endswith(".safetensors"):
@@ -533,7 +534,7 @@ def export(model, path: str, layout: str | None = None, *, strict: bool = True) 
             if torch is None:
                 raise ValueError(f"writing {path!r} needs torch (pip install 'pixeltok[torch]'); export to a "
                                  f".safetensors path instead")
-            torch.save({"model": {k: torch.from_numpy(v) for k, v in sd.items()}}, tmp)
+            torch.save({"model": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}}, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
