@@ -41,7 +41,8 @@ def evaluate_checkpoints(runs: Sequence[io.Run]) -> None:
     from pixeltok.train import evaluate_checkpoint   # lazy: jax/flax only when --eval is asked for
     for run in runs:
         res = evaluate_checkpoint(run.path)
-        run.checkpoint_eval = {"loss": float(res["loss"]), "accuracy": float(res["accuracy"]),
+        q = run.quality_metric
+        run.checkpoint_eval = {"loss": float(res["loss"]), q: float(res[q]),
                                "step": int(res["step"]), "source": "checkpoint_eval"}
 
 
@@ -52,7 +53,7 @@ def _record(run: io.Run, value: float, step, metric: str) -> dict:
             "patch_size": run.patch_size, "image_size": run.image_size, "seed": run.seed,
             "tokens": run.tokens_per_image, "params": run.num_params, "params_nonemb": run.num_params_non_embedding,
             "train_flops": row.get("flops"), "step": step, metric: value, "loss": src.get("loss"),
-            "accuracy": src.get("accuracy"),
+            "task": run.task, "quality_metric": run.quality_metric, run.quality_metric: src.get(run.quality_metric),
             "loss_source": "checkpoint_eval" if run.checkpoint_eval is not None else "metrics.jsonl"}
 
 
@@ -116,6 +117,54 @@ def analyze(runs: Sequence[io.Run], *, metric: str = "loss", select: str = "fina
             "metric": metric, "select": select, "n_bootstrap": n_bootstrap, "seed": seed, "bootstrap": bootstrap}
 
 
+def longest_runs(runs: Sequence[io.Run]) -> list[io.Run]:
+    """The run with the most training FLOPs (latest eval) per (group, patch size, seed): the per-patch-size fit of
+    a frontier sweep uses the largest budget of each lineage, not a mix of budgets."""
+    best: dict = {}
+    for run in runs:
+        x, _ = run.curve("loss")
+        key = (io.group_label(io.group_key(run)), run.patch_size, str(run.seed))
+        f = max(x) if x else -1.0
+        if key not in best or f > best[key][0]:
+            best[key] = (f, run)
+    return [v[1] for v in best.values()]
+
+
+def analyze_frontier(runs: Sequence[io.Run], *, metrics=("loss", "error"), n_bootstrap: int = 200, seed: int = 0,
+                     per_budget_bootstrap: int | None = None) -> dict:
+    """pixeltok.scaling.compute.analyze_compute for each metric: {metric: result} (a metric no run logs is left
+    out with its error in result["errors"])."""
+    from pixeltok.scaling import compute
+    out, errors = {}, {}
+    for m in metrics:
+        try:
+            out[m] = compute.analyze_compute(runs, metric=m, n_bootstrap=n_bootstrap, seed=seed,
+                                             per_budget_bootstrap=per_budget_bootstrap)
+        except ValueError as e:
+            errors[m] = str(e)
+    if not out:
+        raise ValueError("compute-frontier analysis: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+    out["errors"] = errors
+    return out
+
+
+def _frontier_json(fa: dict, metric: str) -> dict:
+    """fit.json fields of the frontier analysis: compute_optimal and the held-out table for `metric` (the fitted
+    one) at top level, everything per metric under "compute_frontier"."""
+    doc = {"compute_frontier": {}}
+    for m, res in fa.items():
+        if m == "errors":
+            continue
+        doc["compute_frontier"][m] = {label: {k: v for k, v in g.items() if not k.startswith("_")}
+                                      for label, g in res["groups"].items()}
+    main = fa.get(metric) or next(v for k, v in fa.items() if k != "errors")
+    doc["compute_optimal"] = {label: g["compute_optimal"] for label, g in main["groups"].items()}
+    doc["heldout_budget"] = {label: {"winner": g["winner"], "margin": g["margin"], **g["heldout"]}
+                             for label, g in main["groups"].items()}
+    doc["compute_frontier_errors"] = fa.get("errors", {})
+    return doc
+
+
 def _joint_fits(groups, *, n_bootstrap, seed, bootstrap, warnings):
     """One shared-α fit per (architecture, resolution, data set, metric) with >= 2 fitted model sizes."""
     fam: dict = {}
@@ -164,8 +213,13 @@ def to_json(analysis: dict, args: dict | None = None) -> dict:
                    "warnings": analysis["warnings"], "versions": versions()})
 
 
-def write_outputs(analysis: dict, out_dir: str, args: dict | None = None) -> list[str]:
+def write_outputs(analysis: dict, out_dir: str, args: dict | None = None, frontier: dict | None = None,
+                  all_runs: Sequence[io.Run] | None = None) -> list[str]:
     """Writes fit.json, loss_vs_patch.png, residuals.png, frontier.png and summary.md into out_dir.
+
+    With `frontier` (analyze_frontier's result) fit.json gains compute_optimal / heldout_budget /
+    compute_frontier, frontier.png draws every run of `all_runs` with the envelope and p*(C), and summary.md the
+    frontier tables.
 
     Without any fitted group (analysis["error"]) only fit.json is written: the run data (possibly expensive
     checkpoint evaluations) and each group's error.
@@ -175,6 +229,8 @@ def write_outputs(analysis: dict, out_dir: str, args: dict | None = None) -> lis
     paths = {k: os.path.join(out_dir, k) for k in
              ("fit.json", "loss_vs_patch.png", "residuals.png", "frontier.png", "summary.md")}
     doc = to_json(analysis, args)
+    if frontier is not None:
+        doc.update(_clean(_frontier_json(frontier, analysis["metric"])))
     if analysis.get("error"):
         doc["error"] = analysis["error"]
     with open(paths["fit.json"], "w", encoding="utf-8") as f:
@@ -183,7 +239,14 @@ def write_outputs(analysis: dict, out_dir: str, args: dict | None = None) -> lis
         return [paths["fit.json"]]
     plots.plot_loss_vs_patch(analysis["groups"], paths["loss_vs_patch.png"])
     plots.plot_residuals(analysis["groups"], paths["residuals.png"])
-    plots.plot_frontier(analysis["curves"], analysis["frontiers"], paths["frontier.png"])
+    if frontier is not None:
+        main = frontier.get(analysis["metric"]) or next(v for k, v in frontier.items() if k != "errors")
+        plots.plot_compute_frontier(all_runs or [r for g in analysis["groups"] for r in g["runs"]], main,
+                                    paths["frontier.png"])
+    else:
+        plots.plot_frontier(analysis["curves"], analysis["frontiers"], paths["frontier.png"])
     with open(paths["summary.md"], "w", encoding="utf-8") as f:
         f.write(report.summary_markdown(analysis, args))
+        if frontier is not None:
+            f.write(report.frontier_markdown(frontier, analysis["metric"]))
     return list(paths.values())

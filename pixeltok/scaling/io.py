@@ -12,6 +12,10 @@ import os
 from typing import Iterable
 
 
+# The eval metric each task is judged by (higher is better); pixeltok.tasks: Task.best_metric.
+TASK_QUALITY = {"classification": "accuracy", "segmentation": "miou"}
+
+
 @dataclasses.dataclass
 class Run:
     """One training run. `evals`: eval rows of metrics.jsonl sorted by step (last row kept per step)."""
@@ -30,10 +34,27 @@ class Run:
     train_flops_per_image: float | None
     evals: list
     warnings: list
-    checkpoint_eval: dict | None = None     # set by --eval: {"loss", "accuracy", "step"}
+    checkpoint_eval: dict | None = None     # set by --eval: {"loss", <quality metric>, "step"}
+
+    @property
+    def task(self) -> str:
+        """config.json `task` (runs from before tasks existed are classification)."""
+        return str(self.config.get("task") or "classification")
+
+    @property
+    def quality_metric(self) -> str:
+        """The task's best metric (higher is better): "error" is 1 − this. From `task` (classification →
+        accuracy, segmentation → miou), else from a `best_<name>` field of the eval rows, else accuracy."""
+        if self.task in TASK_QUALITY:
+            return TASK_QUALITY[self.task]
+        for row in self.evals:
+            for k in row:
+                if k.startswith("best_") and k[5:] in row:
+                    return k[5:]
+        return "accuracy"
 
     def value(self, metric: str = "loss", select: str = "final") -> tuple[float, int | None]:
-        """The fitted quantity: `metric` of the final (or best) eval row; "error" = 1 − accuracy.
+        """The fitted quantity: `metric` of the final (or best) eval row; "error" = 1 − the task's quality metric.
 
         With a checkpoint re-evaluation (--eval) the final value comes from it.
         """
@@ -44,7 +65,7 @@ class Run:
             rows = [dict(self.checkpoint_eval, split="eval")]
         vals = []
         for row in rows:
-            v = _metric(row, metric)
+            v = _metric(row, metric, self.quality_metric)
             if v is not None:
                 vals.append((v, row.get("step")))
         if not vals:
@@ -60,7 +81,7 @@ class Run:
         """(cumulative train FLOPs, metric) of the eval rows that log both."""
         xs, ys = [], []
         for row in self.evals:
-            v = _metric(row, metric)
+            v = _metric(row, metric, self.quality_metric)
             f = row.get("flops")
             if v is not None and isinstance(f, (int, float)) and math.isfinite(v) and f > 0:
                 xs.append(float(f))
@@ -68,10 +89,10 @@ class Run:
         return xs, ys
 
 
-def _metric(row: dict, metric: str) -> float | None:
+def _metric(row: dict, metric: str, quality: str = "accuracy") -> float | None:
     if metric == "error":
-        acc = row.get("accuracy")
-        return None if acc is None else 1.0 - float(acc)
+        q = row.get(quality)
+        return None if q is None else 1.0 - float(q)
     v = row.get(metric)
     return None if v is None else float(v)
 

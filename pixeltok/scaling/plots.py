@@ -113,3 +113,70 @@ def plot_frontier(curves, frontiers: dict, path: str | None = None):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def plot_compute_frontier(runs, result: dict, path: str | None = None):
+    """Left: every run's eval curve vs cumulative train FLOPs (colour = patch size, line style = architecture),
+    each lineage's annealed end points (dots), and per group the lower envelope of the lineages (black). Right:
+    the compute-optimal patch size p*(C) of the winning joint law with its 95 % bootstrap band, and the best
+    measured patch size at each budget (markers)."""
+    from pixeltok.scaling import compute
+    metric = result["metric"]
+    fig, (ax0, ax1) = _new(2, width=6.5, height=4.8)
+    ps = sorted({float(r.patch_size) for r in runs})
+    archs = sorted({r.arch for r in runs})
+    styles = ["-", "--", ":", "-."]
+    for r in runs:
+        x, y = r.curve(metric)
+        if not x:
+            continue
+        ax0.plot(x, y, styles[archs.index(r.arch) % 4], color=f"C{ps.index(float(r.patch_size)) % 10}", lw=0.8,
+                 alpha=0.45)
+    for i, p in enumerate(ps):
+        ax0.plot([], [], "-", color=f"C{i % 10}", label=f"p={p:g}")
+    for j, a in enumerate(archs):
+        ax0.plot([], [], styles[j % 4], color="0.3", label=a)
+    for gi, (label, g) in enumerate(result["groups"].items()):
+        arch = g["lineages"][0]["arch"] if g["lineages"] else ""
+        ls = styles[archs.index(arch) % 4] if arch in archs else "-"
+        lo = min(min(ln["flops"]) for ln in g["lineages"])
+        hi = max(max(ln["flops"]) for ln in g["lineages"])
+        grid = np.geomspace(lo, hi, 200)
+        vals = []
+        for ln in g["lineages"]:
+            if ln["source"] == "annealed":
+                ax0.plot(ln["flops"], ln["values"], "o", ms=2.5,
+                         color=f"C{ps.index(float(ln['patch_size'])) % 10}" if float(ln["patch_size"]) in ps
+                         else "k")
+            vals.append(compute.interpolate_loglog(ln["flops"], ln["values"], grid))
+        env = np.nanmin(np.where(np.isfinite(vals), vals, np.inf), axis=0) if vals else grid * np.nan
+        env = np.where(np.isfinite(env), env, np.nan)
+        ax0.plot(grid, env, ls, color="k", lw=2, label=f"envelope {arch}")
+        co = g.get("compute_optimal") or []
+        if co:
+            f = np.array([c["flops"] for c in co])
+            pstar = np.array([c["patch_size"] for c in co])
+            ax1.plot(f, pstar, ls, color=f"C{gi % 10}", marker="s", ms=3,
+                     label=f"p*(C) {label} [{g['winner']} law]")
+            if all(c["ci"] for c in co):
+                ax1.fill_between(f, [c["ci"][0] for c in co], [c["ci"][1] for c in co], color=f"C{gi % 10}",
+                                 alpha=0.2, lw=0)
+            obs = [(c["flops"], c["observed_best_patch_size"]) for c in co if c["observed_best_patch_size"]]
+            if obs:
+                ax1.plot(*zip(*obs), "x", color=f"C{gi % 10}", ms=7, label=f"best measured p ({arch})")
+    ax0.set_xscale("log")
+    ax0.set_yscale("log")
+    ax0.set_xlabel("cumulative training FLOPs")
+    ax0.set_ylabel(f"eval {metric}")
+    ax0.set_title("learning curves (colour = p, style = architecture)")
+    ax0.grid(True, which="both", alpha=0.3)
+    ax0.legend(fontsize=6, ncol=2)
+    ax1.set_xscale("log")
+    ax1.set_yscale("log", base=2)
+    ax1.set_xlabel("training FLOPs budget C")
+    ax1.set_ylabel("compute-optimal patch size p*")
+    ax1.set_title(f"p*(C) from the joint law ({metric}), 95% bootstrap band")
+    ax1.grid(True, which="both", alpha=0.3)
+    if result["groups"]:
+        ax1.legend(fontsize=6)
+    return _save(fig, path)

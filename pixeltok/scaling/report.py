@@ -103,3 +103,112 @@ def summary_markdown(analysis: dict, args: dict | None = None) -> str:
     if args:
         out += ["Command arguments: `" + " ".join(f"{k}={v}" for k, v in args.items()) + "`", ""]
     return "\n".join(out)
+
+
+def _direction(co: list) -> str:
+    if len(co) < 2:
+        return "only one budget"
+    a, b = co[0]["patch_size"], co[-1]["patch_size"]
+    if b < a / 1.05:
+        trend = "toward smaller patches"
+    elif b > a * 1.05:
+        trend = "toward larger patches"
+    else:
+        trend = "not at all (within 5 %)"
+    ci_a, ci_b = co[0].get("ci"), co[-1].get("ci")
+    sep = ""
+    if ci_a and ci_b and None not in ci_a + ci_b:
+        sep = (" (the 95% intervals at the two ends do not overlap)" if ci_b[1] < ci_a[0] or ci_b[0] > ci_a[1]
+               else " (the 95% intervals at the two ends overlap)")
+    return (f"p* moved {trend}: {a:.3g} at {co[0]['flops']:.3g} FLOPs -> {b:.3g} at {co[-1]['flops']:.3g} "
+            f"FLOPs{sep}")
+
+
+def frontier_markdown(frontier: dict, metric: str) -> str:
+    """The compute-frontier sections of summary.md: per metric, per group: held-out check at the largest budget,
+    joint-law comparison, p*(C), and the per-budget L(p) fits."""
+    out = ["", "# Compute frontier", "",
+           "Lineage = (architecture, patch size, seed). Points: the final (annealed) eval of every run of a lineage "
+           "(WSD cooldown branches / runs of several lengths), or one run's eval curve. Budgets: log-log "
+           "interpolation inside each lineage's measured range, no extrapolation. Joint laws by least squares on "
+           "log L; intervals are bootstrap percentiles (method and count in each table).", ""]
+    for m, res in frontier.items():
+        if m == "errors":
+            continue
+        name = "eval loss" if m == "loss" else ("error rate (1 - the task's metric)" if m == "error" else m)
+        for label, g in res["groups"].items():
+            out += [f"## {label}: {name}", ""]
+            out += [f"- warning: {w}" for w in g["warnings"]]
+            ho = g["heldout"]
+            win = g["winner"]
+            if g["compute_optimal"]:
+                out += [f"**{_direction(g['compute_optimal'])}** (winning law: `{win}`).", ""]
+            out += ["### Held-out largest budget", ""]
+            if "skipped" in ho:
+                out += [f"skipped: {ho['skipped']}", ""]
+            else:
+                out += [f"Each law fitted on points with FLOPs <= {ho['fit_max_flops']:.3g}, predicting every patch "
+                        f"size at C = {ho['flops']:.3g}.", "",
+                        "| law | held-out RMS log error | max abs log error | inside 95% CI | predicted p* | "
+                        "measured best p |", "|---|---|---|---|---|---|"]
+                for fam, h in ho["families"].items():
+                    if "skipped" in h:
+                        out.append(f"| {fam} | skipped: {h['skipped']} | | | | |")
+                        continue
+                    out.append(f"| {fam}{' (winner)' if fam == win else ''} | {h['rmse_log']:.4f} | "
+                               f"{h['max_abs_log_error']:.4f} | {h['n_within_ci']}/{h['n']} | "
+                               f"{h['predicted_p_star']:.3g} | {h['observed_best_patch_size']:g} |")
+                if win in ho["families"] and "rows" in ho["families"][win]:
+                    out += ["", f"Winner `{win}` per patch size at C = {ho['flops']:.3g}:", "",
+                            "| p | predicted | 95% CI | observed (mean of runs) | pred − obs | inside |",
+                            "|---|---|---|---|---|---|"]
+                    for r in ho["families"][win]["rows"]:
+                        out.append(f"| {r['patch_size']:g} | {r['predicted']:.4f} | {_iv(r['ci'], '{:.4f}')} | "
+                                   f"{r['observed']:.4f} | {r['pred_minus_obs']:+.4f} | "
+                                   f"{'yes' if r['within_ci'] else 'no'} |")
+                out.append("")
+            out += ["### Joint laws L(p, C) on all points", "",
+                    "| law | k | n | RMS log residual | AIC | BIC | parameters | bootstrap |",
+                    "|---|---|---|---|---|---|---|---|"]
+            for fam, j in g["joint"].items():
+                if "skipped" in j:
+                    out.append(f"| {fam} | skipped: {j['skipped']} | | | | | | |")
+                    continue
+                pr = ", ".join(f"{k} {v:.4g}" for k, v in j["params"].items())
+                b = j["bootstrap"]
+                out.append(f"| `{j['law']}` | {j['k']} | {j['n']} | {j['rmse_log']:.4f} | {j['aic']:.2f} | "
+                           f"{j['bic']:.2f} | {pr} | {b['method']}, {b['n_ok']}/{b['n_bootstrap']} ok |")
+            mg = g["margin"] or {}
+            if win:
+                bits = [f"winner **{win}** (by {mg.get('by')})"]
+                if mg.get("runner_up"):
+                    bits.append(f"held-out RMS log error {mg['winner_rmse_log']:.4f} vs {mg['runner_up_rmse_log']:.4f}"
+                                f" for {mg['runner_up']}")
+                if mg.get("delta_aic_vs_best_other") is not None:
+                    bits.append(f"AIC {mg['delta_aic_vs_best_other']:+.1f} vs the best other law")
+                out += ["", "; ".join(bits) + ".", ""]
+            if g["compute_optimal"]:
+                out += ["### Compute-optimal patch size", "",
+                        "| budget C (FLOPs) | p*(C) | 95% CI | best measured p |", "|---|---|---|---|"]
+                for c in g["compute_optimal"]:
+                    obs = c["observed_best_patch_size"]
+                    out.append(f"| {c['flops']:.3g} | {c['patch_size']:.3g} | {_iv(c['ci'] or (None, None))} | "
+                               f"{'–' if obs is None else f'{obs:g}'} |")
+                out.append("")
+            out += ["### Per-budget fits L(p) = E + A·p^α", "",
+                    "α ≥ 0 by construction: where the measured curve is not monotone in p (an interior optimum) the "
+                    "fit sits at a bound and α is not meaningful; read the measured values.", "",
+                    "| budget C | patch sizes | measured mean per p | best p | α | α 95% | E | bootstrap |",
+                    "|---|---|---|---|---|---|---|---|"]
+            for r in g["per_budget"]:
+                mp = ", ".join(f"{k}: {v:.4f}" for k, v in r["mean_by_patch"].items())
+                best = r["observed_best_patch_size"]
+                f = r.get("fit")
+                fit_s = (f"{f['alpha']:.3g} | {_iv(f['ci']['alpha'])} | {f['E']:.4g} | {f['bootstrap']}, "
+                         f"{f['n_bootstrap']}" if f else f"– | – | – | {r.get('skipped', '')}")
+                out.append(f"| {r['flops']:.3g} | {', '.join(f'{q:g}' for q in r['patch_sizes'])} | {mp} | "
+                           f"{'–' if best is None else f'{best:g}'} | {fit_s} |")
+            out.append("")
+    if frontier.get("errors"):
+        out += ["Not analysed: " + "; ".join(f"{k}: {v}" for k, v in frontier["errors"].items()), ""]
+    return "\n".join(out)
