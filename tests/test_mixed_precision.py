@@ -1,4 +1,5 @@
-"""Mixed-precision matmuls (`common.mixed_dot_general`) and length-padded fused attention (`vit.padded_attention`).
+"""Mixed-precision matmuls (`ops.linear.mixed_dot_general`) and length-padded fused attention
+(`ops.attention.padded_attention`).
 
 References are float64 NumPy; the structural checks read the lowered StableHLO, so they fail if a float32 matmul
 sneaks back into the backward pass of a bf16 model.
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 
 from pixeltok.models import common, create_model
-from pixeltok.models.vit import padded_attention
+from pixeltok.ops.attention import padded_attention
+from pixeltok.ops.linear import mixed_dot_general
 
 DN = (((1,), (0,)), ((), ()))
 
@@ -27,7 +29,7 @@ def test_mixed_dot_forward_is_float32_accumulated_bf16_product():
     rng = np.random.default_rng(0)
     x, w = rng.normal(size=(7, 33)), rng.normal(size=(33, 5))
     xb, wb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16)
-    y = common.mixed_dot_general(xb, wb, DN, preferred_element_type=jnp.float32)
+    y = mixed_dot_general(xb, wb, DN, preferred_element_type=jnp.float32)
     assert y.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(y, np.float64), _bf16(x) @ _bf16(w), rtol=1e-5, atol=1e-5)
 
@@ -38,7 +40,7 @@ def test_mixed_dot_gradients_match_float64_reference_of_bf16_cotangent():
     xb, wb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16)
 
     def loss(a, b):
-        y = common.mixed_dot_general(a, b, DN, preferred_element_type=jnp.float32)
+        y = mixed_dot_general(a, b, DN, preferred_element_type=jnp.float32)
         return jnp.sum(y * jnp.asarray(g, jnp.float32))
 
     dx, dw = jax.grad(loss, argnums=(0, 1))(xb, wb)
@@ -53,9 +55,9 @@ def test_mixed_dot_gradients_match_float64_reference_of_bf16_cotangent():
 def test_mixed_dot_falls_back_to_plain_dot_for_float32():
     a = jnp.ones((3, 4), jnp.float32)
     b = jnp.ones((4, 2), jnp.float32)
-    y = common.mixed_dot_general(a, b, DN, preferred_element_type=jnp.float32)
+    y = mixed_dot_general(a, b, DN, preferred_element_type=jnp.float32)
     np.testing.assert_array_equal(np.asarray(y), np.full((3, 2), 4.0))
-    g = jax.grad(lambda a: common.mixed_dot_general(a, b, DN).sum())(a)
+    g = jax.grad(lambda a: mixed_dot_general(a, b, DN).sum())(a)
     assert g.dtype == jnp.float32
 
 
@@ -89,7 +91,7 @@ def test_bf16_model_backward_matmuls_of_every_linear_layer_are_bf16(name, monkey
     """With the plain dot, each linear layer's two backward matmuls run float32 x float32; with
     mixed_dot_general they run bf16 x bf16. (The SSD's own state matmuls stay float32 by design.)"""
     mixed = _dot_operand_dtypes(_grad_hlo(name))
-    monkeypatch.setattr(common, "mixed_dot_general", _plain_dot_general)
+    monkeypatch.setattr(common, "mixed_dot_general", _plain_dot_general)   # the name `common.linear` calls
     plain = _dot_operand_dtypes(_grad_hlo(name))
     f32 = lambda pairs: sum(p == ("f32", "f32") for p in pairs)  # noqa: E731
     bf16 = lambda pairs: sum(p == ("bf16", "bf16") for p in pairs)  # noqa: E731

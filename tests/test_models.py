@@ -14,12 +14,14 @@ import optax
 import pytest
 from flax import nnx
 
+import pixeltok.models
 from pixeltok import flops
 from pixeltok.models import (ARCH, KeySeq, count_params, create_model, drop_path_rates, flip_layer_set,
                              resize_patch_embed, resize_posemb, resolve_architecture)
 from pixeltok.models import adventurer as adv
 from pixeltok.models import vit
 from pixeltok.models import common
+from pixeltok.ops import attention
 from pixeltok.ops import resize
 
 # A tiny Adventurer / ViT for behavioural tests: 16×16 images, p=4 -> 16 patches.
@@ -163,6 +165,56 @@ def test_cls_slot_and_head_token(name, cfg, cls_index):
     np.testing.assert_allclose(logits, model.head(model.norm(feats[:, cls_index])), rtol=1e-5, atol=1e-6)
     other = 0 if cls_index == -1 else -1
     assert not np.allclose(logits, model.head(model.norm(feats[:, other])), atol=1e-3)
+
+
+def _zero_residual_branches(model) -> None:
+    """Zeroes each block's last projection (kernel and bias), so every block is the identity."""
+    for block in model.blocks:
+        for layer in ((block.attn.proj, block.mlp.fc2) if hasattr(block, "attn") else
+                      (block.mixer.out_proj, block.mlp.w3)):
+            for name in ("kernel", "bias"):
+                param = getattr(layer, name, None)
+                if param is not None:
+                    param.value = jnp.zeros_like(param.value)
+
+
+@pytest.mark.parametrize("name,extra", [("adventurer_tiny", dict(d_state=16, head_dim=32, chunk_size=8)),
+                                        ("vit_tiny", {})])
+def test_patch_grid_is_the_image_layout(name, extra):
+    """20x20 images at p=4: a 5x5 grid. With identity blocks, patch_grid(features)[b, i, j] must be the final norm of
+    (image patch (i, j) · kernel + bias + its position embedding), computed here in float64 NumPy."""
+    model = create_model(name, patch_size=4, image_size=20, num_classes=7, width=32, depth=2, **extra)
+    _zero_residual_branches(model)
+    x = _images(size=20)
+    feats = nnx.jit(lambda m, x: m.features(x))(model, x)
+    grid = nnx.jit(lambda m, t: m.patch_grid(t))(model, feats)
+    assert feats.dtype == jnp.float32 and feats.shape == (2, 26, 32) and grid.shape == (2, 5, 5, 32)
+    img = np.asarray(x, np.float64)
+    kernel = np.asarray(model.patch_embed.kernel[...], np.float64).reshape(4 * 4 * 3, 32)
+    bias = np.asarray(model.patch_embed.bias[...], np.float64)
+    pos = np.asarray(model.pos_embed[...], np.float64)[0]
+    first = 1 if name.startswith("vit") else 0                          # ViT's cls token comes first
+    for i in range(5):
+        for j in range(5):
+            tok = img[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4, :].reshape(2, -1) @ kernel + bias + pos[first + 5 * i + j]
+            if name.startswith("vit"):
+                want = (tok - tok.mean(-1, keepdims=True)) / np.sqrt(tok.var(-1, keepdims=True) + 1e-6)
+            else:
+                want = tok / np.sqrt(np.mean(tok**2, -1, keepdims=True) + 1e-5)
+            np.testing.assert_allclose(grid[:, i, j], want, rtol=1e-4, atol=1e-4, err_msg=f"patch ({i}, {j})")
+    # The classification head reads the cls token of the same features.
+    logits = _forward(model, x)
+    cls = feats[:, 0 if name.startswith("vit") else -1]
+    np.testing.assert_allclose(logits, model.head(cls), rtol=1e-5, atol=1e-6)
+
+
+def test_head_type_override():
+    for name, cfg in (("vit_tiny", TINY_VIT), ("adventurer_tiny", TINY_ADV)):
+        assert "head_type" in pixeltok.models.valid_overrides(name)
+        model = _abstract(name, head_type="classification", **cfg)
+        assert model.head.kernel.shape == (32, 10)
+        with pytest.raises(ValueError, match="head_type 'bogus' is unknown; valid: classification"):
+            _abstract(name, head_type="bogus", **cfg)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -712,8 +764,8 @@ def test_chunked_attention_matches_numpy(length, q_block):
     """37 rows in blocks of <= 16: three blocks of 13 with 2 padded rows; 64: one block; 32: two exact blocks."""
     q, k, v, g = _qkvg(length)
     ref, ref_grads = attention_numpy(q, k, v, g)
-    fn = jax.jit(lambda q, k, v, g: jax.vjp(lambda *a: vit.chunked_attention(*a, q_block=q_block), q, k, v)[1](g))
-    out = jax.jit(lambda q, k, v: vit.chunked_attention(q, k, v, q_block=q_block))(q, k, v)
+    fn = jax.jit(lambda q, k, v, g: jax.vjp(lambda *a: attention.chunked_attention(*a, q_block=q_block), q, k, v)[1](g))
+    out = jax.jit(lambda q, k, v: attention.chunked_attention(q, k, v, q_block=q_block))(q, k, v)
     assert out.shape == q.shape and out.dtype == jnp.float32
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     for got, want in zip(fn(q, k, v, g), ref_grads):
@@ -724,7 +776,7 @@ def test_chunked_attention_bf16():
     """bf16 inputs: output and gradients in bf16, within bf16 rounding of the float64 reference on the same inputs."""
     q, k, v, g = (x.astype(jnp.bfloat16) for x in _qkvg(37))
     ref, ref_grads = attention_numpy(*(np.asarray(x, np.float32) for x in (q, k, v, g)))
-    out, vjp = jax.vjp(lambda *a: vit.chunked_attention(*a, q_block=16), q, k, v)
+    out, vjp = jax.vjp(lambda *a: attention.chunked_attention(*a, q_block=16), q, k, v)
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=0.03 * np.abs(ref).max())
     for got, want in zip(vjp(g), ref_grads):
@@ -747,7 +799,7 @@ def test_chunked_attention_grad_memory_is_blockwise():
 
     scores = b * heads * length**2 * 4
     dense = temp_bytes(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"))
-    chunked = {qb: temp_bytes(lambda q, k, v: vit.chunked_attention(q, k, v, q_block=qb)) for qb in (128, 256)}
+    chunked = {qb: temp_bytes(lambda q, k, v: attention.chunked_attention(q, k, v, q_block=qb)) for qb in (128, 256)}
     assert dense >= scores
     assert chunked[256] < 0.25 * dense and chunked[256] < 0.75 * scores, (dense, chunked)
     for qb, used in chunked.items():
@@ -756,7 +808,7 @@ def test_chunked_attention_grad_memory_is_blockwise():
 
 def test_vit_chunked_attention_matches_xla(monkeypatch):
     """Same logits and gradients with attn_impl "chunked" as "xla" (float32), over several query blocks."""
-    monkeypatch.setattr(vit, "CHUNK_Q_BLOCK", 8)                      # 17 tokens: 3 blocks of 6 rows, 1 padded
+    monkeypatch.setattr(attention, "CHUNK_Q_BLOCK", 8)                      # 17 tokens: 3 blocks of 6 rows, 1 padded
     x = _images()
     y = jax.random.normal(jax.random.key(5), (2, 10))
     results = {}
@@ -775,11 +827,11 @@ def test_vit_chunked_attention_matches_xla(monkeypatch):
 
 
 def test_attn_impl_auto_resolution():
-    resolve = vit.resolve_attn_impl
+    resolve = attention.resolve_attn_impl
     for impl in ("xla", "chunked"):
         assert resolve(impl, jnp.bfloat16, 4097) == impl
     if jax.default_backend() == "cpu":
-        for dtype, min_length in ((jnp.bfloat16, vit.CHUNK_MIN_LENGTH_16BIT), (jnp.float32, vit.CHUNK_MIN_LENGTH)):
+        for dtype, min_length in ((jnp.bfloat16, attention.CHUNK_MIN_LENGTH_16BIT), (jnp.float32, attention.CHUNK_MIN_LENGTH)):
             assert resolve("auto", dtype, min_length) == "chunked"
             assert resolve("auto", dtype, min_length - 1) == "xla"
     with pytest.raises(ValueError, match="chunked"):

@@ -27,7 +27,7 @@ MODELS = {
 }
 
 COMMON_OVERRIDES = ("depth", "width", "dtype", "remat", "drop_path", "drop_path_schedule", "posemb", "head_dim",
-                    "scan_layers")
+                    "scan_layers", "head_type")
 VIT_OVERRIDES = ("attn_impl", "mlp_ratio")
 # Adventurer-only switches with their defaults. A ViT accepts them only at these values, so one shared `config.model`
 # dict can feed both architectures while a real Adventurer-only setting on a ViT fails loudly.
@@ -87,7 +87,8 @@ def create_model(name: str, patch_size: int = 16, image_size: int = 224, num_cla
       seed: parameter-init seed.
       **overrides: architecture switches, see `valid_overrides(name)`: depth, width, dtype ("float32" |
         "bfloat16" compute dtype), remat (None/"" or a jax.checkpoint_policies name), drop_path,
-        drop_path_schedule ("released_code" | "linear"; ViT default "linear"), head_dim, posemb ("learned");
+        drop_path_schedule ("released_code" | "linear"; ViT default "linear"), head_dim, posemb ("learned"),
+        head_type (`heads.HEAD_TYPES`, default "classification");
         Adventurer: d_state, expand, chunk_size, ssd_impl ("chunked" | "recurrent"), flip_rule ("alternate" |
         "released_code" | "none"); ViT: attn_impl ("auto" | "xla" | "cudnn" | "chunked"), mlp_ratio.
     """

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pixeltok.models import common
+from pixeltok.models import common, heads
 from pixeltok.ops.ssd import ssd
 
 Array = jax.Array
@@ -201,14 +201,16 @@ class Adventurer(nnx.Module):
       cls_token: (1, 1, d), pos_embed: (1, n + 1, d); trunc_normal(0.02).
       blocks: nnx.List of AdventurerBlock (one module per layer, also when they run as a scan: `remat` or
         `scan_layers` stack their states on the fly).
-      norm: final RMSNorm (eps 1e-5); head: Linear(d, num_classes), trunc_normal(0.02), bias 0.
+      norm: final RMSNorm (eps 1e-5); head: `heads.make_head(head_type)` (classification: Linear(d, num_classes)
+        on the last token).
     """
 
     def __init__(self, *, width: int, depth: int, patch_size: int = 16, image_size: int = 224,
                  num_classes: int = 1000, num_channels: int = 3, d_state: int = 64, expand: int = 2,
                  head_dim: int = 64, chunk_size: int = 128, ssd_impl: str = "chunked", flip_rule: str = "alternate",
                  drop_path: float = 0.0, drop_path_schedule: str = "released_code", dtype="float32", remat=None,
-                 posemb: str = "learned", scan_layers: bool = False, rngs: nnx.Rngs):
+                 posemb: str = "learned", scan_layers: bool = False, head_type: str = "classification",
+                 rngs: nnx.Rngs):
         grid = common.check_patch_size(patch_size, image_size)
         if posemb != "learned":
             raise ValueError(f"posemb {posemb!r} is unknown; valid: learned")
@@ -217,6 +219,7 @@ class Adventurer(nnx.Module):
         dt = common.compute_dtype(dtype)
         self.patch_size, self.image_size, self.num_channels = patch_size, image_size, num_channels
         self.num_patches, self.width, self.depth, self.dtype = grid * grid, width, depth, dt
+        self.grid, self.cls_index, self.head_type = grid, -1, heads.check_head_type(head_type)
         self.flips = tuple(flip_layers(flip_rule, depth))
         self.drop_rates = tuple(common.drop_path_rates(drop_path, depth, drop_path_schedule))
         self.remat_policy = common.remat_policy(remat)
@@ -231,9 +234,9 @@ class Adventurer(nnx.Module):
         self.pos_embed = nnx.Param(common.trunc_normal()(rngs.params(), (1, self.num_patches + 1, width)))
         self.blocks = nnx.List([AdventurerBlock(width, depth=depth, mixer_kwargs=mixer_kwargs, dtype=dt, rngs=rngs)
                                 for _ in range(depth)])
-        self.norm = common.RMSNorm(width, eps=1e-5, out_dtype=dt)
-        self.head = common.linear(width, num_classes, use_bias=True, kernel_init=common.trunc_normal(), dtype=dt,
-                                  rngs=rngs)
+        # float32 out: `features` are float32; the head casts to the compute dtype, as a bf16 out_dtype would.
+        self.norm = common.RMSNorm(width, eps=1e-5, out_dtype=jnp.float32)
+        self.head = heads.make_head(head_type, width, num_classes, patch_size=patch_size, dtype=dt, rngs=rngs)
 
     def embed(self, images: Array) -> Array:
         """images (batch, H, W, C) -> tokens (batch, n + 1, d) float32: patches row-major, cls LAST, + pos."""
@@ -243,10 +246,22 @@ class Adventurer(nnx.Module):
         """The residual stream after the last block (before the final norm): (batch, n + 1, d) float32."""
         return common.run_block_stack(self, self.embed(images), train, rng, flip=self.flips)
 
+    def features(self, images: Array, train: bool = False, rng: Array | None = None) -> Array:
+        """All tokens after the final RMSNorm: (batch, n + 1, d) float32, patches row-major, cls LAST.
+
+        Every block un-flips its output and drops its heading-average token, so the residual stream always has
+        this layout.
+        """
+        return self.norm(self.forward_features(images, train, rng=rng))
+
+    def patch_grid(self, tokens: Array) -> Array:
+        """The patch tokens of `features` as the image grid (batch, gh, gw, d) (cls dropped)."""
+        return common.patch_grid(tokens[:, :-1], self.grid)
+
     def __call__(self, images: Array, train: bool = False, *, rng: Array | None = None) -> Array:
-        """images (batch, H, W, C) float -> logits (batch, num_classes) float32, read from the LAST (cls) token."""
-        x = self.forward_features(images, train, rng=rng)
-        return self.head(self.norm(x[:, -1])).astype(jnp.float32)
+        """images (batch, H, W, C) float -> the head's output; classification: logits (batch, num_classes) float32
+        from the LAST (cls) token."""
+        return heads.apply_head(self, self.features(images, train, rng=rng))
 
 
 def flip_layer_set(rule: str, depth: int) -> set[int]:

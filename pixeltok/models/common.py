@@ -8,7 +8,6 @@ both the fastest form on the development CPUs and the one that never needs an up
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -16,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.ad_checkpoint import checkpoint_name
+
+from pixeltok.ops.linear import MIXED_DOT_NAME, mixed_dot_general, save_mixed_dots  # noqa: F401
 
 Array = jax.Array
 
@@ -69,57 +69,6 @@ def linear(din: int, dout: int, *, use_bias: bool, kernel_init: Callable, dtype,
                       bias_init=bias_init, rngs=rngs)
 
 
-MIXED_DOT_NAME = "pixeltok_mixed_dot"
-
-
-def mixed_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None, preferred_element_type=None,
-                      out_sharding=None) -> Array:
-    """`lax.dot_general` whose backward pass multiplies in the operands' dtype.
-
-    Why: a bf16 x bf16 -> float32 dot (`preferred_element_type`) hands autodiff a float32 cotangent, and JAX's
-    transpose rule then runs both backward matmuls in float32: two thirds of a training step's FLOPs at the f32
-    rate (half the bf16 rate on a GPU's tensor cores, a quarter on an AVX512-BF16 CPU). Here the cotangent is
-    rounded to the operands' dtype first, as PyTorch autocast does, and the weight gradient leaves the dot in bf16
-    before the cast back to the float32 parameter; the forward output stays float32-accumulated.
-    """
-    mixed = (preferred_element_type is not None and out_sharding is None
-             and jnp.dtype(lhs.dtype) == jnp.dtype(rhs.dtype) != jnp.dtype(preferred_element_type))
-    if not mixed:
-        kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
-        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                                   preferred_element_type=preferred_element_type, **kwargs)
-    dn = tuple(tuple(tuple(d) for d in pair) for pair in dimension_numbers)
-    out = _mixed_dot(lhs, rhs, dn, precision, jnp.dtype(preferred_element_type))
-    # Inside a custom_vjp the matmul is invisible to the `dots*` remat policies; the name lets `remat_policy`
-    # save it like any other dot.
-    return checkpoint_name(out, MIXED_DOT_NAME)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _mixed_dot(lhs: Array, rhs: Array, dn, precision, out_dtype) -> Array:
-    return jax.lax.dot_general(lhs, rhs, dn, precision=precision, preferred_element_type=out_dtype)
-
-
-def _mixed_dot_fwd(lhs, rhs, dn, precision, out_dtype):
-    return jax.lax.dot_general(lhs, rhs, dn, precision=precision, preferred_element_type=out_dtype), (lhs, rhs)
-
-
-def _mixed_dot_bwd(dn, precision, out_dtype, residuals, g):
-    lhs, rhs = residuals
-    g = g.astype(lhs.dtype)
-    if dn == (((lhs.ndim - 1,), (0,)), ((), ())) and rhs.ndim == 2:
-        # A dense layer (x @ W): both products take bf16 operands and accumulate into float32 outputs, rounded to
-        # bf16 once. XLA:CPU keeps only this form of a bf16 matmul in bf16 (a bf16-output dot is run in float32).
-        dx = jnp.einsum("...o,io->...i", g, rhs, precision=precision, preferred_element_type=out_dtype)
-        dw = jnp.einsum("...i,...o->io", lhs, g, precision=precision, preferred_element_type=out_dtype)
-        return dx.astype(lhs.dtype), dw.astype(rhs.dtype)
-    _, vjp = jax.vjp(lambda a, b: jax.lax.dot_general(a, b, dn, precision=precision), lhs, rhs)
-    return vjp(g)
-
-
-_mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
-
-
 class KeySeq:
     """A stateless stand-in for `nnx.Rngs` during construction: `params()` returns fold_in(key, i) for i = 0, 1, ...
 
@@ -167,6 +116,14 @@ def embed_with_cls(model: nnx.Module, images: Array, *, cls_first: bool) -> Arra
     x = embed_patches(model.patch_embed, images, model.patch_size, model.dtype)
     cls = jnp.broadcast_to(model.cls_token[...], (x.shape[0], 1, model.width))
     return jnp.concatenate([cls, x] if cls_first else [x, cls], axis=1) + model.pos_embed[...]
+
+
+def patch_grid(patch_tokens: Array, grid: int) -> Array:
+    """(batch, grid², d) patch tokens in row-major order -> (batch, grid, grid, d), the image's layout."""
+    b, n, d = patch_tokens.shape
+    if n != grid * grid:
+        raise ValueError(f"{n} patch tokens do not form a {grid}x{grid} grid")
+    return patch_tokens.reshape(b, grid, grid, d)
 
 
 def embed_patches(conv: nnx.Conv, images: Array, patch_size: int, dtype) -> Array:
@@ -274,8 +231,7 @@ def remat_policy(remat) -> Callable | None | bool:
     policy = getattr(jax.checkpoint_policies, remat)
     # Factories (save_only_these_names, ...) need arguments; only plain policies can be named.
     if "dots" in remat:  # also save the bf16 linear layers' matmuls, hidden in mixed_dot_general's custom_vjp
-        names = jax.checkpoint_policies.save_only_these_names(MIXED_DOT_NAME)
-        return jax.checkpoint_policies.save_from_both_policies(policy, names)
+        return save_mixed_dots(policy)
     return policy
 
 
