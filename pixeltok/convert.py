@@ -558,8 +558,13 @@ def workdir_config(spec: Mapping) -> dict:
         if key in overrides:
             record[key] = overrides.pop(key)
     record["model"] = {**record.get("model", {}), **overrides}
-    if spec["num_classes"] == 1000:
-        record["dataset"] = "imagenet2012"
+    if spec["num_classes"] == 1000 and spec["num_channels"] == 3:
+        # An ImageNet-1k model: evaluate as the official code does (bicubic resize to int(s / crop_ratio), center
+        # crop, ImageNet mean/std; the README's crop rule), every image resized (none zero-padded), full JPEG decode.
+        from pixeltok import recipes
+        record.update(dataset="imagenet2012", train_split="train", eval_split="validation",
+                      crop_ratio=recipes.eval_crop_ratio(spec["patch_size"], spec["image_size"]),
+                      small_image_mode="resize", jpeg_draft=False)
     return record
 
 
