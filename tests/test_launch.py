@@ -6,6 +6,7 @@ runs here; the real CLI is exercised by test_sharding.py / test_multihost.py.
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -284,3 +285,48 @@ def test_fashion_mnist_patch_sweep_grid():
         p = int(r.name.split("_p")[1].split("_")[0])
         assert r.config == f"configs/quickstart.py:p{p},res=32"
         assert r.overrides["model_name"] == ("adventurer_tiny" if r.name.startswith("adventurer") else "vit_tiny")
+
+
+def test_patch_frontier_sweep_design():
+    from pixeltok import flops
+    module = _load_sweep_module("patch_frontier")
+    for (model, p), f in module.FLOPS_PER_IMAGE.items():       # the fixed table is pixeltok.flops' number
+        kw = {"width": 64, "depth": 4, **({"chunk_size": 32} if model.startswith("adventurer") else {})}
+        assert flops.train_flops_per_image(model, p, module.RES, **kw) == pytest.approx(f, rel=1e-12), (model, p)
+    runs = sweep.load_sweep(str(REPO / "configs" / "sweeps" / "patch_frontier.py"))
+    longs = [r for r in runs if r.after is None]
+    assert len(longs) == 2 * 4 * 2                                  # (arch, p, seed) lineages
+    assert {(r.overrides["model_name"], r.config, r.overrides["seed"]) for r in longs} == {
+        (m, f"configs/quickstart.py:p{p},res=16", s) for m in ("adventurer_tiny", "vit_tiny") for p in (8, 4, 2, 1)
+        for s in (0, 1)}
+    keys = ("model.width", "model.depth", "batch_size", "warmup_steps", "lr", "wd", "train_augment", "hflip",
+            "schedule", "wsd_decay_fraction", "wsd_decay_shape", "eval_schedule", "eval_max_batches")
+    assert len({tuple(r.overrides[k] for k in keys) for r in runs}) == 1       # one recipe at every point
+    names = {r.name for r in runs}
+    budgets = {}
+    for r in runs:
+        model, p = r.overrides["model_name"], int(r.config.split(":p")[1].split(",")[0])
+        c = r.overrides["total_steps"] * 64 * module.FLOPS_PER_IMAGE[(model, p)]
+        budgets.setdefault(round(c / module.C_MAX * 32), set()).add((model, p))
+        assert abs(c / (module.C_MAX / 2 ** round(math.log2(module.C_MAX / c))) - 1) < 0.01     # on the budget grid
+        if r.after is not None:                                    # branch step = a kept checkpoint of the parent
+            parent = next(q for q in runs if q.name == r.after[0])
+            assert r.after[0] in names and str(r.after[1]) in parent.overrides["checkpoint_steps"].split(",")
+            assert r.after[1] == r.overrides["total_steps"] - round(0.2 * r.overrides["total_steps"])
+    assert max(budgets) / min(budgets) >= 30                        # >= 30x in compute
+    for models in budgets.values():                                 # >= 3 patch sizes per arch at every budget
+        for m in ("adventurer_tiny", "vit_tiny"):
+            assert len({p for mm, p in models if mm == m}) >= 3
+    # the largest budget is >= 10x the mean per-run training compute of the 16 px sweep
+    old = []
+    for d in (REPO / "reports" / "fashion_mnist_patch" / "runs").iterdir():
+        rows = [json.loads(line) for line in open(d / "metrics.jsonl") if line.strip()]
+        old.append(max(r["flops"] for r in rows if r.get("split") == "eval"))
+    assert module.C_MAX >= 10 * sum(old) / len(old)
+
+
+def _load_sweep_module(name):
+    spec = importlib.util.spec_from_file_location(f"sweep_{name}", REPO / "configs" / "sweeps" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
