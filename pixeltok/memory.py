@@ -260,17 +260,27 @@ def describe(config, *, num_devices: int = 1, device_bytes: float | None = None)
 
 # -------------------------------------------------------------------------------------------------------- compiled
 def measure_compiled(model_name: str, patch_size: int, image_size: int, *, batch: int = 1, dtype: str = "float32",
-                     remat: Any = "", num_classes: int = 1000, num_channels: int = 3, **overrides) -> dict:
+                     remat: Any = "", num_classes: int = 1000, num_channels: int = 3, mesh_cfg=None,
+                     sharding_rules=None, **overrides) -> dict:
     """Compiles loss + grads w.r.t. all params (no allocation: abstract inputs) and returns XLA's memory analysis.
 
+    With `mesh_cfg` ({axis: size}, e.g. {"data": 1, "seq": 8}) the step is partitioned over that mesh (the first
+    prod(sizes) of `jax.devices()`, all of them when a size is -1): parameters by `sharding_rules` (default fsdp rules), the `batch` images over the data axes,
+    tokens over seq; XLA then reports every size per device.
+
     Returns:
-      dict(temp_bytes, argument_bytes, output_bytes, generated_code_bytes, compile_seconds). `temp_bytes` is the
-      activation + transient memory; gradients are outputs (`output_bytes` ≈ 4 B/param).
+      dict(temp_bytes, argument_bytes, output_bytes, per_device_bytes = temp + argument, generated_code_bytes,
+      compile_seconds). `temp_bytes` is the activation + transient memory; gradients are outputs
+      (`output_bytes` ≈ 4 B/param).
     """
+    import contextlib
+
     import jax
     import jax.numpy as jnp
     import optax
     from flax import nnx
+    from jax.sharding import NamedSharding
+    from pixeltok import sharding
     from pixeltok.models import create_model
 
     abstract = nnx.eval_shape(lambda: create_model(model_name, patch_size, image_size, num_classes=num_classes,
@@ -284,12 +294,26 @@ def measure_compiled(model_name: str, patch_size: int, image_size: int, *, batch
 
     images = jax.ShapeDtypeStruct((batch, image_size, image_size, num_channels), jnp.float32)
     labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    ctx = contextlib.nullcontext()
+    if mesh_cfg is not None:
+        sizes = [int(v) for v in dict(mesh_cfg).values()]
+        devices = jax.devices()[:math.prod(sizes)] if min(sizes) > 0 else None    # a fixed mesh: its devices
+        mesh = sharding.make_mesh(mesh_cfg, devices)
+        put = lambda tree, sh: jax.tree.map(  # noqa: E731
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sh)
+        params = put(params, sharding.state_shardings(params, mesh, sharding_rules))
+        rest = put(rest, sharding.state_shardings(rest, mesh, [(".*", "replicate")]))
+        bsh = NamedSharding(mesh, sharding.batch_spec(mesh))
+        images, labels = (jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=bsh) for t in (images, labels))
+        ctx = jax.set_mesh(mesh)
     t0 = time.perf_counter()
-    compiled = jax.jit(jax.value_and_grad(loss_fn)).lower(params, rest, images, labels).compile()
+    with ctx:
+        compiled = jax.jit(jax.value_and_grad(loss_fn)).lower(params, rest, images, labels).compile()
     seconds = time.perf_counter() - t0
     ma = compiled.memory_analysis()
-    return dict(temp_bytes=int(ma.temp_size_in_bytes), argument_bytes=int(ma.argument_size_in_bytes),
-                output_bytes=int(ma.output_size_in_bytes), generated_code_bytes=int(ma.generated_code_size_in_bytes),
+    temp, args = int(ma.temp_size_in_bytes), int(ma.argument_size_in_bytes)
+    return dict(temp_bytes=temp, argument_bytes=args, output_bytes=int(ma.output_size_in_bytes),
+                per_device_bytes=temp + args, generated_code_bytes=int(ma.generated_code_size_in_bytes),
                 compile_seconds=seconds)
 
 
@@ -345,6 +369,26 @@ def measure_train_step(config, *, mesh_cfg=None) -> dict:
                 mesh=sharding.describe_mesh(s.mesh))
 
 
+def _measure_grads_from_config(config, est: MemoryEstimate) -> dict:
+    """measure_compiled for a config: its model, overrides, per-device batch x data-parallel size, mesh, rules."""
+    import jax
+    from pixeltok import sharding
+    from pixeltok.models import resolve_architecture, valid_overrides
+    model_cfg = {k: v for k, v in dict(config.get("model", {}) or {}).items() if k in valid_overrides(config.model_name)}
+    if resolve_architecture(config.model_name)[0] != "adventurer":
+        model_cfg.pop("chunk_size", None)
+    mesh_cfg = dict(config.get("mesh", {}) or {}) or {"data": -1}
+    shape = sharding.mesh_shape(mesh_cfg, jax.device_count())
+    k, ch = _dataset_defaults(config)
+    m = measure_compiled(config.model_name, config.patch_size, config.image_size,
+                         batch=est.batch * shape.get("data", 1) * shape.get("fsdp", 1),
+                         dtype=config.get("dtype", "float32"), remat=config.get("remat", ""), num_classes=k,
+                         num_channels=ch, mesh_cfg=shape, sharding_rules=config.get("sharding_rules") or None,
+                         **model_cfg)
+    m["mesh"] = shape
+    return m
+
+
 # --------------------------------------------------------------------------------------------------------------- CLI
 def main(argv) -> None:
     from absl import flags
@@ -356,7 +400,11 @@ def main(argv) -> None:
         import jax
         est = from_config(config, num_devices=flags.FLAGS.devices or jax.device_count(), batch=flags.FLAGS.batch)
         print(est.table(device), flush=True)
-        m = measure_train_step(config) if flags.FLAGS.measure else None
+        m = None
+        if flags.FLAGS.measure_grads:
+            m = _measure_grads_from_config(config, est)
+        elif flags.FLAGS.measure:
+            m = measure_train_step(config)
     except (ValueError, KeyError, FileNotFoundError) as e:     # ConfigError is a ValueError: one line, exit 2
         lines = [ln for ln in str(e).strip().splitlines() if ln.strip()] or [repr(e)]
         sys.stderr.write(f"pixeltok: error: {lines[0]}\n")
@@ -376,6 +424,8 @@ def _define_flags() -> None:
     flags.DEFINE_integer("devices", None, "devices the config's mesh spans (default: jax.device_count())")
     flags.DEFINE_float("device_gib", 0.0, "device memory in GiB for the fits / max-batch line (0: skip)")
     flags.DEFINE_bool("measure", False, "also compile forward+backward and print XLA's memory_analysis")
+    flags.DEFINE_bool("measure_grads", False, "compile loss + grads of the model alone under the config's mesh "
+                      "(no optimizer; needs no data set, e.g. ImageNet configs on a machine without ImageNet)")
     flags.mark_flag_as_required("config")
 
 

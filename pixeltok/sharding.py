@@ -5,8 +5,16 @@ are laid out in the canonical order `data, fsdp, seq, model` (then any other nam
 so the mapping's own order cannot be trusted, and the data axis is kept outermost (it is the one that may span hosts).
 All axes are `AxisType.Auto` so that `with_sharding_constraint` and GSPMD propagation work (jax_stack.md §1).
 
+The `seq` axis is sequence parallelism (docs/sharding.md): one image's tokens are split over it between the
+embedding and the head (`pixeltok.ops.seq_parallel`; the models switch to it when the ambient mesh of
+`jax.set_mesh` has seq > 1). It comes after data and fsdp in the device order, so each seq group is a run of
+adjacent devices (one host / one fast-interconnect island): its collectives (ppermutes of halos and reversals,
+all-gathers of shard states or keys/values) happen every block, the data/fsdp ones once per step.
+
 Batches: the leading dim is split over every data-parallel axis present, `P(("data", "fsdp"))` — FSDP is data
-parallelism whose parameters are sharded too.
+parallelism whose parameters are sharded too. Batches are replicated over `seq` (every shard of an image sees the
+image; the patch embedding keeps only its own tokens' work after the partitioner splits it). Parameters follow the
+rules below whatever the seq size (replicated over seq unless a rule names it).
 
 Parameters and optimizer state (`state_shardings`): a list of `(regex, rule)`; for each leaf the first regex that
 `re.search`es its '/'-joined path wins. Paths are the pytree keys with the trailing nnx `.value` dropped, e.g.
@@ -91,6 +99,13 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[Any] | None = None)
     shape = mesh_shape(mesh_cfg, len(devices))
     names = tuple(shape)
     return jax.make_mesh(tuple(shape.values()), names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
+
+
+def axis_size(mesh: Mesh | jax.sharding.AbstractMesh | None, name: str) -> int:
+    """Size of mesh axis `name` (1 when absent or there is no mesh)."""
+    if mesh is None or getattr(mesh, "empty", False) or name not in mesh.axis_names:
+        return 1
+    return int(mesh.shape[name])
 
 
 def describe_mesh(mesh: Mesh) -> dict[str, int]:

@@ -301,3 +301,121 @@ def attention(q: Array, k: Array, v: Array, layout: SeqLayout, *, q_block: int =
         return _masked_attention(ql, kg, vg, layout.length, q_block)
     spec = layout.spec(4)
     return _smap(local, layout, (spec, spec, spec), spec)(q, k, v)
+
+
+# Ring attention: K/V blocks travel around the seq ring (ppermute), an online softmax accumulates each shard's
+# output; the custom VJP runs the ring again with the blocks' dK/dV travelling along and arriving home at the
+# end, so no device ever holds more than two blocks of keys/values (O(L / S) memory instead of O(L)).
+_NEG = -1e30           # finite "minus infinity" for the running max: a fully masked block never gives inf - inf
+
+
+def _ring_perm(layout: SeqLayout):
+    return [(j, (j + 1) % layout.shards) for j in range(layout.shards)]
+
+
+def _q_blocks(t: Array, rows: int) -> Array:
+    """(b, h, m, ...) -> (nb, b, h, rows, ...) with m padded to nb * rows."""
+    b, h, m = t.shape[:3]
+    nb = -(-m // rows)
+    t = jnp.pad(t, [(0, 0), (0, 0), (0, nb * rows - m)] + [(0, 0)] * (t.ndim - 3))
+    return jnp.moveaxis(t.reshape(b, h, nb, rows, *t.shape[3:]), 2, 0)
+
+
+def _un_q_blocks(t: Array, m: int) -> Array:
+    nb, b, h, rows = t.shape[:4]
+    return jnp.moveaxis(t, 0, 2).reshape(b, h, nb * rows, *t.shape[4:])[:, :, :m]
+
+
+def _ring_fwd_local(q, k, v, layout: SeqLayout, q_block: int):
+    """q, k, v: (b, h, m, d) local blocks. Returns (o (b, h, m, d) in q.dtype, lse (b, h, m) float32)."""
+    b, h, m, d = q.shape
+    scale = 1.0 / math.sqrt(d)
+    me = jax.lax.axis_index(layout.axis)
+    rows = min(q_block, m)
+    qb = _q_blocks(q, rows)
+    nb = qb.shape[0]
+    o = jnp.zeros((nb, b, h, rows, d), _F32)
+    mx = jnp.full((nb, b, h, rows), _NEG, _F32)
+    lsum = jnp.zeros((nb, b, h, rows), _F32)
+    for i in range(layout.shards):
+        src = (me - i) % layout.shards
+        key_ok = (src * m + jnp.arange(m)) < layout.length                     # (m,)
+
+        def update(args, kb=k, vb=v, key_ok=key_ok):
+            qi, oi, mi, li = args
+            s = jnp.einsum("bhqd,bhkd->bhqk", qi, kb, preferred_element_type=_F32) * scale
+            s = jnp.where(key_ok, s, -jnp.inf)
+            m_new = jnp.maximum(mi, s.max(-1))
+            p = jnp.exp(s - m_new[..., None])                                   # exponent <= 0, masked -> 0
+            corr = jnp.exp(mi - m_new)
+            oi = oi * corr[..., None] + jnp.einsum("bhqk,bhkd->bhqd", p.astype(vb.dtype), vb,
+                                                   preferred_element_type=_F32)
+            return oi, m_new, li * corr + p.sum(-1)
+
+        o, mx, lsum = jax.lax.map(update, (qb, o, mx, lsum))
+        if i + 1 < layout.shards:
+            k, v = jax.lax.ppermute((k, v), layout.axis, _ring_perm(layout))
+    out = (o / lsum[..., None]).astype(q.dtype)
+    return _un_q_blocks(out, m), _un_q_blocks(mx + jnp.log(lsum), m)
+
+
+def _ring_bwd_local(q, k, v, o, lse, do, layout: SeqLayout, q_block: int):
+    b, h, m, d = q.shape
+    scale = 1.0 / math.sqrt(d)
+    me = jax.lax.axis_index(layout.axis)
+    rows = min(q_block, m)
+    delta = jnp.sum(do.astype(_F32) * o.astype(_F32), axis=-1)                 # rowsum(dO * O) = rowsum(dP * P)
+    qb, dob, lseb, deltab = (_q_blocks(t, rows) for t in (q, do, lse, delta))
+    dq = jnp.zeros(qb.shape, _F32)
+    dk, dv = k.astype(_F32) * 0.0, v.astype(_F32) * 0.0           # (varying over seq, as the scan's carry out)
+    for i in range(layout.shards):
+        src = (me - i) % layout.shards
+        key_ok = (src * m + jnp.arange(m)) < layout.length
+
+        def step(carry, xs, kb=k, vb=v, key_ok=key_ok):
+            dk_acc, dv_acc = carry
+            qi, doi, lsei, deltai, dqi = xs
+            s = jnp.einsum("bhqd,bhkd->bhqk", qi, kb, preferred_element_type=_F32) * scale
+            p = jnp.exp(jnp.where(key_ok, s - lsei[..., None], -jnp.inf))     # s*scale - lse <= 0
+            dp = jnp.einsum("bhqd,bhkd->bhqk", doi, vb, preferred_element_type=_F32)
+            ds = p * (dp - deltai[..., None]) * scale
+            dqi = dqi + jnp.einsum("bhqk,bhkd->bhqd", ds.astype(kb.dtype), kb, preferred_element_type=_F32)
+            dk_acc = dk_acc + jnp.einsum("bhqk,bhqd->bhkd", ds.astype(qi.dtype), qi, preferred_element_type=_F32)
+            dv_acc = dv_acc + jnp.einsum("bhqk,bhqd->bhkd", p.astype(doi.dtype), doi, preferred_element_type=_F32)
+            return (dk_acc, dv_acc), dqi
+
+        (dk, dv), dq = jax.lax.scan(step, (dk, dv), (qb, dob, lseb, deltab, dq))
+        # The block and its gradient move on together; after the last step one more hop brings dK/dV home.
+        if i + 1 < layout.shards:
+            k, v, dk, dv = jax.lax.ppermute((k, v, dk, dv), layout.axis, _ring_perm(layout))
+        else:
+            dk, dv = jax.lax.ppermute((dk, dv), layout.axis, _ring_perm(layout))
+    return _un_q_blocks(dq, m).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+def ring_attention(q: Array, k: Array, v: Array, layout: SeqLayout, *, q_block: int = 256) -> Array:
+    """Exact attention like `attention`, with K/V passed around the seq ring instead of all-gathered.
+
+    Per device it holds two (padded / S)-token K/V blocks at a time (all-gather: all `padded` tokens), at the
+    price of S - 1 dependent ppermute hops forward and S backward (a custom VJP: the backward pass recomputes the
+    probabilities from the saved log-sum-exp, flash-attention style). q, k, v: (batch, padded, heads, head_dim).
+    """
+    @jax.custom_vjp
+    def ring(ql, kl, vl):
+        return _ring_fwd_local(ql, kl, vl, layout, q_block)[0]
+
+    def fwd(ql, kl, vl):
+        o, lse = _ring_fwd_local(ql, kl, vl, layout, q_block)
+        return o, (ql, kl, vl, o, lse)
+
+    def bwd(res, do):
+        return _ring_bwd_local(*res, do, layout, q_block)
+
+    ring.defvjp(fwd, bwd)
+
+    def local(ql, kl, vl):
+        t = lambda a: a.transpose(0, 2, 1, 3)  # noqa: E731  (b, m, h, d) <-> (b, h, m, d)
+        return t(ring(t(ql), t(kl), t(vl)))
+
+    spec = layout.spec(4)
+    return _smap(local, layout, (spec, spec, spec), spec)(q, k, v)
