@@ -197,8 +197,9 @@ class Adventurer(nnx.Module):
     last token.
 
     Attributes:
-      patch_embed: nnx.Conv kernel (p, p, C, d), lecun_normal, bias 0 (applied as a GEMM over patches).
-      cls_token: (1, 1, d), pos_embed: (1, n + 1, d); trunc_normal(0.02).
+      patch_embed: nnx.Conv kernel (p, p, C, d), timm 0.4.12 lecun_normal_ (`common.lecun_normal`), bias 0
+        (applied as a GEMM over patches).
+      cls_token: (1, 1, d), pos_embed: (1, n + 1, d); timm trunc_normal_(std=.02) (`common.trunc_normal`).
       blocks: nnx.List of AdventurerBlock (one module per layer, also when they run as a scan: `remat` or
         `scan_layers` stack their states on the fly).
       norm: final RMSNorm (eps 1e-5); head: `heads.make_head(head_type)` (classification: Linear(d, num_classes)
@@ -228,7 +229,7 @@ class Adventurer(nnx.Module):
         mixer_kwargs = dict(d_state=d_state, expand=expand, head_dim=head_dim, chunk_size=chunk_size,
                             ssd_impl=ssd_impl)
         self.patch_embed = common.patch_embed_conv(num_channels, width, patch_size,
-                                                   kernel_init=nnx.initializers.lecun_normal(),
+                                                   kernel_init=common.lecun_normal(),
                                                    bias_init=nnx.initializers.zeros, rngs=rngs)
         self.cls_token = nnx.Param(common.trunc_normal()(rngs.params(), (1, 1, width)))
         self.pos_embed = nnx.Param(common.trunc_normal()(rngs.params(), (1, self.num_patches + 1, width)))

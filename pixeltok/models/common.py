@@ -52,9 +52,33 @@ def torch_linear_init(fan_in: int, scale: float = 1.0) -> Callable:
     return uniform_init(scale / math.sqrt(fan_in))
 
 
-def trunc_normal(std: float = 0.02) -> Callable:
-    """Truncated normal at ±2σ (PyTorch truncates at ±2 absolute, i.e. effectively untruncated; negligible)."""
-    return nnx.initializers.truncated_normal(stddev=std)
+def trunc_normal(std: float = 0.02, bound: float = 2.0) -> Callable:
+    """timm's `trunc_normal_(std=std)`: N(0, std²) truncated at ±bound in ABSOLUTE value (timm's a=-2, b=2).
+
+    For std 0.02 the cut is at 100σ, so the draw is in effect an untruncated normal with std 0.02 (flax's
+    `truncated_normal(0.02)` cuts at ±2σ and has std 0.0176). Same inverse-CDF method as timm.
+    """
+    def init(key, shape, dtype=jnp.float32):
+        return std * jax.random.truncated_normal(key, -bound / std, bound / std, shape, dtype)
+    return init
+
+
+# Standard deviation of a standard normal truncated to (-2, 2): timm divides by it in `variance_scaling_`.
+_TRUNC2_STD = 0.87962566103423978
+
+
+def lecun_normal() -> Callable:
+    """timm 0.4.12's `lecun_normal_`: `trunc_normal_(std=√(1/fan_in) / 0.8796...)`, still cut at ±2 ABSOLUTE.
+
+    The 1/0.8796 factor is meant for a cut at ±2σ (where it restores variance 1/fan_in, as flax's lecun_normal
+    does), but timm's `trunc_normal_` cuts at ±2 absolute, so the effective std is √(1/fan_in)/0.8796 (×1.137)
+    whenever that std is well below 2 (at p = 1, fan_in = 3, the cut at 3.05σ trims it to 0.649). fan_in is the
+    product of all kernel axes but the last (p·p·C for a (p, p, C, d) patch kernel, PyTorch's C·p²).
+    """
+    def init(key, shape, dtype=jnp.float32):
+        fan_in = math.prod(shape[:-1])
+        return trunc_normal(math.sqrt(1.0 / fan_in) / _TRUNC2_STD)(key, shape, dtype)
+    return init
 
 
 def linear(din: int, dout: int, *, use_bias: bool, kernel_init: Callable, dtype, rngs: nnx.Rngs,
