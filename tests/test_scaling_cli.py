@@ -177,7 +177,7 @@ def test_cli_eval_real_checkpoint(tmp_path):
     assert not (out / "loss_vs_patch.png").exists()
 
 
-@pytest.mark.parametrize("name", ["paper_fits", "fashion_mnist_sweep"])
+@pytest.mark.parametrize("name", ["paper_fits", "fashion_mnist_sweep", "patch_frontier"])
 def test_notebooks_execute(name):
     from nbclient import NotebookClient
     nb = nbformat.read(os.path.join(ROOT, "notebooks", f"{name}.ipynb"), as_version=4)
@@ -193,5 +193,9 @@ def test_notebooks_execute(name):
     assert pngs >= 2
     if name == "paper_fits":
         assert "(c) Adv-B 224²" in text and "held-out loss lower than" in text
+    elif name == "patch_frontier":
+        assert "p*(C)" in text or "Compute-optimal patch size" in text
+        if not os.path.isdir(os.path.join(ROOT, "reports", "patch_frontier", "runs")):
+            assert "SYNTHETIC DATA" in text and "true p*" in text
     elif not os.path.isdir(os.path.join(ROOT, "reports", "fashion_mnist_patch", "runs")):
         assert "SYNTHETIC DATA" in text and "true alpha" in text

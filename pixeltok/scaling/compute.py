@@ -476,6 +476,14 @@ def analyze_compute(runs: Sequence[io.Run], *, metric: str = "loss", n_bootstrap
         lns = [ln for ln in lineages if ln.group == label]
         warnings = []
         b = np.asarray(budgets if budgets is not None else default_budgets(lns), np.float64)
+        for ln in lns:
+            if ln.source == "annealed" and ln.values.size >= 2:
+                rise = np.flatnonzero(np.diff(ln.values) > 0.01 * ln.values[:-1])
+                if rise.size:
+                    i = int(rise[0])
+                    warnings.append(f"{ln.arch} p={ln.patch_size:g} seed {ln.seed}: the annealed {metric} rises "
+                                    f"from {ln.values[i]:.4g} at {ln.flops[i]:.3g} FLOPs to {ln.values[i + 1]:.4g} at "
+                                    f"{ln.flops[i + 1]:.3g} (> 1 %): more compute made it worse (overfitting?)")
         if any(ln.source == "evals" for ln in lns):
             warnings.append("some lineages have a single run: their points are intermediate evals of one schedule, "
                             "not annealed losses at each budget")
