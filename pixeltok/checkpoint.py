@@ -1,9 +1,14 @@
-"""Thin Orbax wrapper: one place that knows how pixeltok lays out checkpoints (jax_stack.md §4).
+"""The one place that knows how pixeltok lays out checkpoints (Orbax `CheckpointManager` underneath).
 
 Layout under the workdir:
-  checkpoints/<step>/{state,data_iter,meta}   latest `keep` steps: train state (model + optimizer [+ EMA]) as a pure
-                                              dict, the grain iterator position, and JSON meta (step, best, ...)
-  checkpoints_best/<step>/{state,meta}        the single best-by-eval-accuracy model (params + EMA only)
+  checkpoints/<step>/{state,data_iter,meta}   latest `keep` steps (plus any `keep_steps`): the train state as a pure
+                                              dict {"model", "opt"[, "ema"]}, the grain iterator position, and JSON
+                                              meta (step, best metric, last eval, train time)
+  checkpoints_best/<step>/{state,meta}        the single best-by-the-task's-metric model ({"model"[, "ema"]})
+
+The saved tree is a pure nested dict (`to_saved`), restorable without nnx and readable by other tools; `from_saved`
+puts it back into the trainer's nnx state. A params-only checkpoint (`save_params`: `{"model": ...}` at step 0) is
+what `pixeltok.convert` writes; `pixeltok.evaluate` and `init_from` read it like a run's.
 
 Saves are asynchronous and atomic: Orbax writes into `<step>.orbax-checkpoint-tmp-*` and renames it on commit, so a
 save killed halfway leaves a temporary directory that `latest_step()` ignores (and that is cleaned up on the next
@@ -13,21 +18,63 @@ start), never a half checkpoint that a resume would pick.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
+from orbax.checkpoint import checkpoint_managers
 
 CKPT_DIR = "checkpoints"
 BEST_DIR = "checkpoints_best"
+# A checkpoint that cannot be read is renamed `<step>` -> `<step>.unreadable` (kept for inspection, ignored by
+# Orbax, which only lists all-digit step directories).
+UNREADABLE_SUFFIX = ".unreadable"
 
 
-def _options(keep: int | None, async_save: bool) -> ocp.CheckpointManagerOptions:
-    return ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+class CheckpointError(RuntimeError):
+    """No checkpoint of a workdir can be read (one line naming the directory and what was tried)."""
+
+
+def _options(keep: int, async_save: bool, keep_steps: Sequence[int] = ()) -> ocp.CheckpointManagerOptions:
+    policy = checkpoint_managers.LatestN(keep)
+    if keep_steps:   # e.g. the stable-phase steps that WSD cooldown branches start from
+        policy = checkpoint_managers.AnyPreservationPolicy(
+            [policy, checkpoint_managers.CustomSteps(sorted({int(s) for s in keep_steps}))])
+    return ocp.CheckpointManagerOptions(preservation_policy=policy, create=True, cleanup_tmp_directories=True,
                                         enable_async_checkpointing=async_save)
+
+
+# ------------------------------------------------------------------------------------------------ saved layout
+def to_saved(state: Mapping[str, Any]) -> dict:
+    """Train state {"model_opt": (model state, optimizer state)[, "ema"]} -> the saved pure dict
+    {"model", "opt"[, "ema"]}."""
+    out = {"model": nnx.to_pure_dict(state["model_opt"][0]), "opt": nnx.to_pure_dict(state["model_opt"][1])}
+    if "ema" in state:
+        out["ema"] = nnx.to_pure_dict(state["ema"])
+    return out
+
+
+def from_saved(saved: Mapping[str, Any], template: Mapping[str, Any]) -> dict:
+    """Inverse of `to_saved` onto the structure of `template` (an abstract train state)."""
+    model_opt = jax.tree.map(lambda x: x, template["model_opt"])       # fresh Variables, same structure
+    nnx.replace_by_pure_dict(model_opt[0], saved["model"])
+    nnx.replace_by_pure_dict(model_opt[1], saved["opt"])
+    out = {"model_opt": model_opt}
+    if "ema" in template:
+        ema = jax.tree.map(lambda x: x, template["ema"])
+        nnx.replace_by_pure_dict(ema, saved["ema"])
+        out["ema"] = ema
+    return out
+
+
+def donatable_copy(state: Any, shardings: Any) -> Any:
+    """One jitted copy of restored arrays: buffers Orbax hands back cannot always be donated to the train step
+    (they may alias host memory), so the first donated step would fail or copy anyway."""
+    return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(state)
 
 
 def has_checkpoint(workdir: str) -> bool:
@@ -65,15 +112,19 @@ class Checkpointer:
       async_save: write in a background thread (Orbax default); the trainer calls `wait()` before exiting.
     """
 
-    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True, keep_steps: Sequence[int] = ()):
         # Orbax's async commit threads reject relative paths ("Checkpoint path should be absolute"), and a relative
         # workdir is what users type (`make run` uses runs/quickstart): resolve it once here.
         workdir = os.path.abspath(workdir)
         self.workdir = workdir
-        self._mngr = ocp.CheckpointManager(os.path.join(workdir, CKPT_DIR), item_names=("state", "data_iter", "meta"),
-                                           options=_options(max(keep, 1), async_save))
+        self._options = _options(max(keep, 1), async_save, keep_steps)
+        self._mngr = self._open()
         self._best = ocp.CheckpointManager(os.path.join(workdir, BEST_DIR), item_names=("state", "meta"),
                                            options=_options(1, async_save))
+
+    def _open(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(os.path.join(self.workdir, CKPT_DIR), item_names=("state", "data_iter", "meta"),
+                                     options=self._options)
 
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
@@ -104,6 +155,46 @@ class Checkpointer:
             args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         out = self._mngr.restore(step, args=ocp.args.Composite(**args))
         return out["state"], dict(out["meta"])
+
+    def restore_newest_readable(self, abstract_state, data_iter=None,
+                                log: Callable[[str], None] = print) -> tuple[int, Any, dict] | None:
+        """Restores the newest checkpoint that reads back; None when there is none at all.
+
+        A damaged checkpoint (a truncated data file after a full disk or a bad copy) is reported in one line and the
+        next older one is tried, so a restart resumes from the last good state instead of ending in a storage-library
+        traceback. Only once an older one has been read are the newer unreadable ones renamed `<step>.unreadable`
+        (so the run can save those steps again); when none reads, nothing is renamed.
+
+        Raises:
+          CheckpointError: checkpoints exist but none is readable.
+        """
+        steps = sorted(self._mngr.all_steps(), reverse=True)
+        unreadable = []
+        for step in steps:
+            try:
+                saved, meta = self.restore(step, abstract_state, data_iter)
+            except Exception as e:  # noqa: BLE001 - any read failure of this step means "try an older one"
+                reason = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+                log(f"checkpoint {os.path.join(self.workdir, CKPT_DIR, str(step))} is unreadable "
+                    f"({type(e).__name__}: {reason[:200]})")
+                unreadable.append((step, f"{type(e).__name__}: {reason[:200]}"))
+                continue
+            for bad, _ in unreadable:
+                log(f"moved unreadable checkpoint {bad} aside to {bad}{UNREADABLE_SUFFIX}; resuming from step {step}")
+                self._set_aside(bad)
+            return step, saved, meta
+        if steps:
+            raise CheckpointError(f"no readable checkpoint in {os.path.join(self.workdir, CKPT_DIR)} (tried steps "
+                                  f"{', '.join(map(str, steps))}; newest: {unreadable[0][1]})")
+        return None
+
+    def _set_aside(self, step: int) -> None:
+        """Renames a damaged step so that Orbax no longer lists it (and a later save of that step can commit)."""
+        self._mngr.close()
+        if jax.process_index() == 0:
+            src = os.path.join(self.workdir, CKPT_DIR, str(step))
+            os.replace(src, src + UNREADABLE_SUFFIX)
+        self._mngr = self._open()
 
     def wait(self) -> None:
         """Blocks until pending async saves are committed; raises if one failed."""
@@ -174,6 +265,38 @@ def restore_subtree(ckpt_dir: str, step: int, target: Mapping[str, Any]) -> Any:
         out = mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)))
         return out["state"]
+    finally:
+        mngr.close()
+
+
+def restore_state(ckpt_dir: str, step: int, abstract_state, data_iter=None) -> tuple[Any, dict]:
+    """Reads another run's full train state (and data-iterator position, into `data_iter`) without opening its
+    directory for writing: how a WSD cooldown branch starts from a stable-phase checkpoint of its parent run."""
+    args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+    if data_iter is not None:
+        args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=("state", "data_iter", "meta"),
+                                 options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        out = mngr.restore(step, args=ocp.args.Composite(**args))
+        return out["state"], dict(out["meta"])
+    finally:
+        mngr.close()
+
+
+def save_params(workdir: str, params: Mapping[str, Any], meta: Mapping[str, Any] | None = None,
+                step: int = 0) -> None:
+    """Writes a params-only checkpoint `checkpoints/<step>/{state: {"model": params}, meta}` (synchronously).
+
+    `params` is the model's pure dict of parameters (`nnx.to_pure_dict(nnx.state(model, nnx.Param))`). The result is
+    what `init_from` and `pixeltok.evaluate` read; it holds no optimizer state, so it cannot be resumed as a run.
+    """
+    mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CKPT_DIR), item_names=("state", "meta"),
+                                 options=_options(1, async_save=False))
+    try:
+        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({"model": dict(params)}),
+                                                meta=ocp.args.JsonSave(dict(meta or {"step": step}))), force=True)
+        mngr.wait_until_finished()
     finally:
         mngr.close()
 

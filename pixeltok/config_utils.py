@@ -7,10 +7,14 @@ True (`p1,runlocal`). Unknown keys raise, so a typo never becomes a silently ign
 
 from __future__ import annotations
 
+import math
+from typing import Any, Mapping
+
 import ml_collections
 
-# Keys of CONTRACT §3 plus what the trainer, data pipeline and sharding read. Every key exists in the base config so
-# that a locked config rejects typos and `--config.KEY=VALUE` works for all of them.
+# The keys users set from the command line (docs/architecture.md) plus what the trainer, data pipeline and
+# sharding read. Every key exists in the base config so that a locked config rejects typos and
+# `--config.KEY=VALUE` works for all of them.
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -42,11 +46,11 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         if key not in defaults:
             valid = ", ".join(sorted(defaults))
             raise ValueError(f"unknown config argument {key!r} in {arg!r}; valid: pN, {valid}")
-        out[key] = _typed(key, value, defaults[key])
+        out[key] = typed_value(key, value, defaults[key])
     return out
 
 
-def _typed(key: str, value: str, default):
+def typed_value(key: str, value: str, default):
     """Converts `value` to the type of `default` (bool accepts true/false/1/0)."""
     try:
         if isinstance(default, bool):
@@ -67,20 +71,23 @@ def _typed(key: str, value: str, default):
 def base_config() -> ml_collections.ConfigDict:
     """The defaults shared by every config file (the paper's Adventurer stage-1 recipe where it has one)."""
     c = ml_collections.ConfigDict()
-    # --- model (CONTRACT §2). `model` holds architecture overrides passed to create_model(**overrides).
+    # --- task (pixeltok/tasks/): what is learned and how it is scored
+    c.task = "classification"
+
+    # --- model (docs/models.md). `model` holds architecture overrides passed to create_model(**overrides).
     c.model_name = "adventurer_tiny"
     c.patch_size = 16
     c.image_size = 224
     c.model = ml_collections.ConfigDict({
         "drop_path": 0.0,
-        "flip_rule": "alternate",           # "alternate" | "released_code" (adventurer.md §2)
+        "flip_rule": "alternate",           # "alternate" | "released_code" (docs/models.md)
         "drop_path_schedule": "released_code",
         "chunk_size": 128,
     })
     c.dtype = "float32"                      # compute dtype; params and residual stream stay float32
     c.remat = ""                             # "" (none) or a jax.checkpoint_policies name, e.g. "nothing_saveable"
 
-    # --- data (CONTRACT §3)
+    # --- data
     c.dataset = "fashion_mnist"              # fashion_mnist | imagenet2012 | imagefolder:<root>
     c.data_dir = "data/tfds"                 # prepared TFDS/ArrayRecord data lives here
     c.fashion_mnist_dir = "/usr/share/datasets/fashion-mnist"
@@ -107,7 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data_cache = "auto"                    # auto: keep fixed-shape splits <= 2 GiB decoded in memory | off
     c.jpeg_draft = True                      # let the JPEG decoder downscale (DCT 1/2..1/8) when the crop allows it
 
-    # --- optimisation (paper.md §3)
+    # --- optimisation (the paper's recipe, docs/paper_targets.md)
     c.batch_size = 128                       # global
     c.eval_batch_size = 256
     c.total_steps = -1                       # overrides num_epochs when > 0
@@ -137,7 +144,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.log_every_steps = 50
     c.init_from = ""                         # another run's workdir or checkpoint dir (multi-stage recipes)
-    c.posemb_resize = "correct"              # init_from at another resolution: "correct" | "released_code" (adv.md §4)
+    c.posemb_resize = "correct"              # init_from at another resolution: "correct" | "released_code" (docs/models.md)
+    c.eval_schedule = ""                     # "": every eval_every_steps | "log:N": N evals spaced geometrically
+    c.checkpoint_steps = ""                  # comma list of extra steps to checkpoint and keep (cooldown branch points)
+    c.cooldown_from = ""                     # "<workdir>:<step>": continue that run's state with this run's schedule
     c.stop_at_step = -1                      # >0: checkpoint and stop after this step, schedule unchanged (resume later)
     c.eval_max_batches = -1                  # >=0: evaluate only the first N eval batches (quick tests); -1: all
 
@@ -145,3 +155,90 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
     c.sharding_rules = ""                    # "" = default rules; see pixeltok.sharding
     return c
+
+
+# ----------------------------------------------------------------------------------------------- derived values
+# Keys that `config.json` adds to the config (run facts); stripped again when a config is read back.
+RUN_FACTS = ("num_devices", "num_processes", "mesh_requested", "num_params", "num_params_non_embedding",
+             "tokens_per_image", "train_flops_per_image", "steps_per_epoch", "num_train_examples", "jax_version")
+
+
+def check_loop_keys(config) -> None:
+    """Batch, accumulation, logging and dtype settings (ValueError naming the key and what is valid)."""
+    if config.batch_size <= 0:
+        raise ValueError(f"batch_size={config.batch_size} must be positive")
+    if config.accum_steps < 1 or config.batch_size % config.accum_steps:
+        raise ValueError(f"accum_steps={config.accum_steps} must be >= 1 and divide batch_size={config.batch_size}")
+    if config.log_every_steps <= 0:
+        raise ValueError(f"log_every_steps={config.log_every_steps} must be positive")
+    if config.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype={config.dtype!r} is not supported; valid: float32, bfloat16")
+    from pixeltok.models import MODELS
+    if config.model_name not in MODELS:
+        raise ValueError(f"unknown model_name {config.model_name!r}; valid: {', '.join(MODELS)}")
+    int_list(config.checkpoint_steps)
+    eval_steps(config, 1)
+
+
+def resolve_steps(config, steps_per_epoch: float) -> tuple[int, int]:
+    """(total_steps, warmup_steps): step counts win over epoch counts."""
+    total = config.total_steps if config.total_steps > 0 else int(math.ceil(config.num_epochs * steps_per_epoch))
+    warmup = config.warmup_steps if config.warmup_steps >= 0 else int(round(config.warmup_epochs * steps_per_epoch))
+    if total <= 0:
+        raise ValueError(f"total_steps resolves to {total} (total_steps={config.total_steps}, num_epochs="
+                         f"{config.num_epochs}); set a positive --config.total_steps or num_epochs")
+    return total, warmup
+
+
+def every(step: int, interval: int) -> bool:
+    """True on multiples of a positive interval (0 or less: never)."""
+    return interval > 0 and step % interval == 0
+
+
+def int_list(text: str) -> list[int]:
+    """`"100,200"` -> [100, 200] ("" -> []); ValueError naming the bad token."""
+    out = []
+    for token in (t.strip() for t in str(text or "").split(",")):
+        if token:
+            if not token.isdigit() or int(token) <= 0:
+                raise ValueError(f"{token!r} in {text!r} is not a positive step number; use e.g. 1000,2000")
+            out.append(int(token))
+    return out
+
+
+def eval_steps(config, total: int) -> frozenset[int]:
+    """The steps that evaluate: every `eval_every_steps` (and the last step), or with `eval_schedule="log:N"` N
+    steps spaced geometrically from min(100, total) to total (learning curves even on a log-compute axis)."""
+    schedule = str(config.get("eval_schedule", "") or "")
+    if not schedule:
+        every_n = config.eval_every_steps
+        return frozenset([s for s in range(every_n, total + 1, every_n)] if every_n > 0 else []) | {total}
+    kind, _, count = schedule.partition(":")
+    if kind != "log" or not count.isdigit() or int(count) < 2:
+        raise ValueError(f"eval_schedule={schedule!r} is not valid; use '' (every eval_every_steps) or log:N, N >= 2")
+    first = min(100, total)
+    points = {int(round(first * (total / first) ** (i / (int(count) - 1)))) for i in range(int(count))}
+    return frozenset(points | {total})
+
+
+def set_dotted(config, key: str, value) -> None:
+    """`config["a.b.c"] = value` through nested ConfigDicts."""
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+
+
+def config_from_json(record: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A run's config back from its `config.json` (run facts dropped), on top of today's base config so that keys
+    added since the run was made get their defaults."""
+    saved = {k: v for k, v in record.items() if k not in RUN_FACTS}
+    config = base_config()
+    try:
+        with config.unlocked():
+            for key, value in saved.items():
+                config[key] = ml_collections.ConfigDict(value) if isinstance(value, Mapping) else value
+    except TypeError:                     # a key whose type changed since: trust the file as it is
+        config = ml_collections.ConfigDict(saved)
+    return config

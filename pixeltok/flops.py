@@ -17,11 +17,16 @@ from pixeltok.models import ADVENTURER_DEFAULTS, MODELS, resolve_architecture, v
 from pixeltok.models.common import check_patch_size
 
 
-def tokens_per_image(model_name: str, patch_size: int, image_size: int) -> int:
+def sequence_length(arch: str, patch_size: int, image_size: int) -> int:
     """Sequence length inside the blocks: n + 1 (cls) for ViT, n + 2 (cls + heading token) for Adventurer."""
-    arch = MODELS[model_name][0] if model_name in MODELS else resolve_architecture(model_name)[0]
     n = check_patch_size(patch_size, image_size) ** 2
     return n + 1 if arch == "vit" else n + 2
+
+
+def tokens_per_image(model_name: str, patch_size: int, image_size: int) -> int:
+    """`sequence_length` of a registered model name."""
+    arch = MODELS[model_name][0] if model_name in MODELS else resolve_architecture(model_name)[0]
+    return sequence_length(arch, patch_size, image_size)
 
 
 def vit_layer_flops(width: int, length: int, mlp_ratio: float = 4.0) -> float:
@@ -51,7 +56,11 @@ def train_flops_per_image(model_name: str, patch_size: int, image_size: int, **o
     chunk_size (default 128) are honoured, the rest (dtype, remat, drop_path, ...) do not change the count.
     """
     arch, kw = resolve_architecture(model_name, **overrides)
-    length = tokens_per_image(model_name, patch_size, image_size)
+    return block_train_flops(arch, kw, sequence_length(arch, patch_size, image_size))
+
+
+def block_train_flops(arch: str, kw: dict, length: int) -> float:
+    """`train_flops_per_image` from resolved constructor arguments (`models.resolve_architecture`)."""
     if arch == "vit":
         vit_heads(kw["width"], kw.get("head_dim"))      # validates the width/head split like create_model
         per_token = vit_layer_flops(kw["width"], length, kw.get("mlp_ratio", 4.0))

@@ -1,4 +1,4 @@
-"""Command line entry point (CONTRACT §3).
+"""Command line entry point (docs/architecture.md).
 
     python -m pixeltok.main --config=configs/adventurer_base.py:p1 --workdir=runs/advb_p1 [--config.KEY=VALUE ...]
 
@@ -109,7 +109,7 @@ def main(argv: list[str]) -> None:
         result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except train.ConfigError as e:
         _die(str(e), USAGE_ERROR)
-    except train.TrainingDivergedError as e:
+    except (train.TrainingDivergedError, train.ckpt_lib.CheckpointError) as e:
         _die(str(e), RUN_ERROR)
     if result.get("preempted"):
         sys.exit(128 + int(result.get("signal", 15)))

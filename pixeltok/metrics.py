@@ -1,4 +1,5 @@
-"""Run records: `metrics.jsonl` (CONTRACT §3), TensorBoard events in `tb/`, `config.json`, and the progress chrono.
+"""Run records: `metrics.jsonl`, TensorBoard events in `tb/`, `config.json`, per-eval details in `eval/`, and the
+progress chrono (layout: docs/architecture.md).
 
 Only process 0 writes files; every process may call the writer (its calls are no-ops elsewhere), so the trainer
 needs no `if jax.process_index() == 0` branches.
@@ -17,6 +18,7 @@ import numpy as np
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 TB_DIR = "tb"
+EVAL_DIR = "eval"          # eval/<step>.json: a task's per-eval detail (e.g. per-class IoU)
 
 
 def _jsonable(v: Any) -> Any:
@@ -65,6 +67,26 @@ def truncate_metrics(workdir: str, last_step: int) -> int:
     return len(lines) - len(keep)
 
 
+def copy_records(src_workdir: str, dst_workdir: str, *, last_step: int) -> None:
+    """Starts `dst`'s metrics.jsonl with `src`'s records up to `last_step` (a cooldown branch shares its parent's
+    stable phase, so its learning curve begins with the parent's)."""
+    records = [r for r in read_metrics(src_workdir) if r.get("step", 0) <= last_step]
+    tmp = os.path.join(dst_workdir, METRICS_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(tmp, os.path.join(dst_workdir, METRICS_FILE))
+
+
+def write_eval_details(workdir: str, step: int, details: Mapping[str, Any], name: str | None = None) -> str:
+    """Writes `eval/<name or step>.json` atomically; returns its path."""
+    os.makedirs(os.path.join(workdir, EVAL_DIR), exist_ok=True)
+    path = os.path.join(workdir, EVAL_DIR, f"{name or step}.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump({"step": int(step), **details}, f, indent=1, sort_keys=True, default=_jsonable)
+    os.replace(path + ".tmp", path)
+    return path
+
+
 def write_config_json(workdir: str, config, extra: Mapping[str, Any]) -> None:
     """Writes `config.json`: the resolved config plus run facts (devices, mesh, parameter counts, FLOPs)."""
     record = json.loads(config.to_json_best_effort())
@@ -99,7 +121,7 @@ class MetricWriter:
         truncate_metrics(workdir, resume_step)
         self._file = open(self.path, "a", encoding="utf-8")
         try:
-            from tensorboardX import SummaryWriter  # TF-free event writer (jax_stack.md §7)
+            from tensorboardX import SummaryWriter  # TF-free event writer
             self._tb = SummaryWriter(os.path.join(workdir, TB_DIR), purge_step=resume_step + 1 if resume_step else None)
         except ImportError:  # pragma: no cover - tensorboardX is an install requirement
             self._tb = None

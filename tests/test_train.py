@@ -20,7 +20,7 @@ from flax import nnx, traverse_util
 
 from pixeltok import checkpoint as ckpt_lib
 from pixeltok import metrics as metrics_lib
-from pixeltok import models, optim, train
+from pixeltok import evaluate, models, optim, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Prepared once per machine (the data pipeline's preparation is atomic and locked) and shared with test_cli.py.
@@ -88,7 +88,7 @@ def test_schedule_values_by_hand():
 
 def test_lr_scaling_by_batch():
     cfg = ml_collections.ConfigDict(dict(lr=5e-4, batch_size=1024, lr_scale_batch=512))
-    assert optim.peak_lr(cfg) == pytest.approx(1e-3)                # paper.md §3.2: 128 x 8 GPUs -> 1e-3
+    assert optim.peak_lr(cfg) == pytest.approx(1e-3)                # the paper: 128 x 8 GPUs -> 1e-3
     cfg.lr_scale_batch = 0                                          # "unscale-lr" (finetune stage)
     assert optim.peak_lr(cfg) == pytest.approx(5e-4)
     cfg.batch_size, cfg.lr_scale_batch = 128, 512
@@ -108,7 +108,7 @@ def test_soft_ce_against_numpy():
                                -(t * logp).sum(-1), rtol=1e-5)
 
 
-# Leaves that must NOT decay (adventurer.md §3: every 1-D parameter, pos_embed and the class token), by path.
+# Leaves that must NOT decay (docs/models.md: every 1-D parameter, pos_embed and the class token), by path.
 NO_DECAY = {
     "adventurer_tiny": {"blocks/0/mixer/A_log", "blocks/0/mixer/D", "blocks/0/mixer/dt_bias",
                         "blocks/0/mixer/conv1d/bias", "blocks/0/mixer/norm/scale", "blocks/0/mlp/w1/bias",
@@ -169,13 +169,13 @@ def test_gradient_accumulation_matches_full_batch():
              "label": np.eye(10, dtype=np.float32)[rng.integers(0, 10, 32)]}
     params, losses = [], []
     for k in (1, 2):
-        s = train.setup(tiny_config(accum_steps=k, warmup_steps=0))
+        s = train.plan_run(tiny_config(accum_steps=k, warmup_steps=0))
         with jax.set_mesh(s.mesh):
-            state = jax.jit(lambda: train._train_state(*train._build(s.config, s.overrides, s.tx), False),
+            state = jax.jit(lambda: train.train_state(*train.build_model_and_optimizer(s.model, s.tx), False),
                             out_shardings=s.state_shardings)()
             step = train.make_train_step(s)
             bad = jnp.array([train.NO_BAD_STEP, 0], jnp.int32)
-            state, m, _ = step(state, train._put_batch(s.mesh, batch), bad)
+            state, m, _ = step(state, train.put_batch(s.mesh, batch), bad)
             params.append(jax.device_get(nnx.to_pure_dict(state["model_opt"][0])))
             losses.append((float(m["loss"]), float(m["grad_norm"])))
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
@@ -231,12 +231,12 @@ def test_quickstart_end_to_end_reduced(e2e_run):
 
 def test_evaluate_checkpoint_matches_final_eval(e2e_run):
     workdir, _, result = e2e_run
-    out = train.evaluate_checkpoint(workdir)
+    out = evaluate.evaluate_checkpoint(workdir)
     assert out["step"] == 60
     assert out["num_examples"] == 8 * 128
     np.testing.assert_allclose(out["accuracy"], result["accuracy"], rtol=1e-6)
     np.testing.assert_allclose(out["loss"], result["loss"], rtol=1e-5)
-    best = train.evaluate_checkpoint(workdir, step="best")
+    best = evaluate.evaluate_checkpoint(workdir, step="best")
     assert best["step"] == result["best_step"]
     np.testing.assert_allclose(best["accuracy"], result["best_accuracy"], rtol=1e-6)
 
@@ -244,13 +244,13 @@ def test_evaluate_checkpoint_matches_final_eval(e2e_run):
 def test_init_from_resizes_pos_embed(e2e_run, tmp_path):
     """Params of another run at 32² are loaded at 16² (same patch 8): pos-embed grid 4x4 -> 2x2, the rest equal."""
     workdir, _, _ = e2e_run
-    s = train.setup(tiny_config(**{"image_size": 16, "init_from": workdir, "model.width": 64}))
+    s = train.plan_run(tiny_config(**{"image_size": 16, "init_from": workdir, "model.width": 64}))
     src_dir, src_step = ckpt_lib.resolve_checkpoint(workdir)
     with jax.set_mesh(s.mesh):
-        plan = train._check_init_from(s)
-        state = jax.jit(lambda: train._train_state(*train._build(s.config, s.overrides, s.tx), False),
+        plan = train.plan_init_from(s)
+        state = jax.jit(lambda: train.train_state(*train.build_model_and_optimizer(s.model, s.tx), False),
                         out_shardings=s.state_shardings)()
-        state = train._load_init_from(s, state, plan)
+        state = train.load_init_from(s, state, plan)
         got = traverse_util.flatten_dict(jax.device_get(nnx.to_pure_dict(
             nnx.filter_state(state["model_opt"][0], nnx.Param))))
     abstract = ckpt_lib.state_metadata(src_dir, src_step)["model"]
@@ -341,3 +341,76 @@ def test_bad_workdir_config_rejected_before_writing(e2e_run):
     with pytest.raises(train.ConfigError, match="patch_size"):
         train.train_and_evaluate(tiny_config(patch_size=4), workdir)
     assert {p: os.path.getmtime(os.path.join(workdir, p)) for p in os.listdir(workdir)} == before
+
+
+# ------------------------------------------------------------------------------------------------ damaged checkpoints
+def test_damaged_latest_checkpoint_falls_back_and_ends_like_uninterrupted(tmp_path, capsys):
+    """A truncated data file in the newest checkpoint (a full disk, a bad copy): the restart names it in one line,
+    sets it aside, resumes from the checkpoint before it and still ends exactly where an uninterrupted run does."""
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    common = dict(total_steps=6, warmup_steps=2, checkpoint_every_steps=2, eval_max_batches=2)
+    res_a = train.train_and_evaluate(tiny_config(**common), a)
+    train.train_and_evaluate(tiny_config(**common, stop_at_step=4), b)
+    state_dir = os.path.join(b, "checkpoints", "4", "state")
+    data_files = [os.path.join(d, f) for d, _, fs in os.walk(state_dir) for f in fs
+                  if os.sep + "d" + os.sep in os.path.join(d, f) + os.sep or os.path.basename(d) == "d"]
+    assert data_files, os.listdir(state_dir)
+    biggest = max(data_files, key=os.path.getsize)
+    with open(biggest, "r+b") as f:
+        f.truncate(os.path.getsize(biggest) // 2)
+    capsys.readouterr()
+    res_b = train.train_and_evaluate(tiny_config(**common), b)
+    out = capsys.readouterr().out
+    assert re.search(r"checkpoint \S+/checkpoints/4 is unreadable \(", out), out
+    assert "moved unreadable checkpoint 4 aside to 4.unreadable; resuming from step 2" in out
+    assert "resumed from checkpoints/2" in out
+    assert res_b["start_step"] == 2 and res_b["step"] == 6
+    ra, rb = train_records(a), train_records(b)
+    assert sorted(rb) == [1, 2, 3, 4, 5, 6]
+    for step in range(1, 7):
+        np.testing.assert_allclose(rb[step]["loss"], ra[step]["loss"], rtol=1e-5, err_msg=f"step {step}")
+    np.testing.assert_allclose(res_b["loss"], res_a["loss"], rtol=1e-5)
+    assert os.path.isdir(os.path.join(b, "checkpoints", "4.unreadable"))
+
+
+def test_no_readable_checkpoint_is_one_clear_error(tmp_path):
+    workdir = str(tmp_path / "w")
+    cfg = tiny_config(total_steps=2, checkpoint_every_steps=2, eval_max_batches=1)
+    train.train_and_evaluate(cfg, workdir)
+    state_dir = os.path.join(workdir, "checkpoints", "2", "state")
+    for d, _, fs in os.walk(state_dir):
+        for f in fs:
+            open(os.path.join(d, f), "wb").close()       # every file of the only checkpoint emptied
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"^no readable checkpoint in .*checkpoints \(tried steps 2; newest: \w+"):
+        train.train_and_evaluate(cfg, workdir)
+
+
+# ------------------------------------------------------------------------------------------------ learning curves
+def test_log_eval_schedule_and_cooldown_branch_equals_fresh_wsd_run(tmp_path):
+    """A WSD cooldown branch restored from a long run's stable phase is exactly a fresh WSD run of its own length:
+    the same losses and learning rates at every step, the parent's stable-phase records at its start."""
+    wsd = dict(schedule="wsd", wsd_decay_fraction=0.25, warmup_steps=1, eval_max_batches=1,
+               checkpoint_every_steps=0)
+    parent, branch, fresh = (str(tmp_path / n) for n in ("parent", "branch", "fresh"))
+    train.train_and_evaluate(tiny_config(**wsd, total_steps=8, checkpoint_steps="3"), parent)
+    assert 3 in ckpt_lib.Checkpointer(parent).all_steps()     # kept beside the latest for branches
+    res_f = train.train_and_evaluate(tiny_config(**wsd, total_steps=4, eval_schedule="log:3"), fresh)
+    res_b = train.train_and_evaluate(tiny_config(**wsd, total_steps=4, eval_schedule="log:3",
+                                                 cooldown_from=f"{parent}:3"), branch)
+    rp, rf, rb = train_records(parent), train_records(fresh), train_records(branch)
+    assert sorted(rb) == sorted(rf) == [1, 2, 3, 4]
+    for step in (1, 2, 3, 4):
+        np.testing.assert_allclose(rb[step]["loss"], rf[step]["loss"], rtol=1e-5, err_msg=f"step {step}")
+        np.testing.assert_allclose(rb[step]["lr"], rf[step]["lr"], rtol=1e-6, err_msg=f"step {step}")
+    assert rp[4]["lr"] > 2 * rb[4]["lr"]          # the parent is still at its peak where the branch cools down
+    np.testing.assert_allclose(res_b["loss"], res_f["loss"], rtol=1e-5)
+    assert res_b["start_step"] == 3
+    # log:3 over 4 steps: geometric points from min(100, 4) = 4 -> {4}; over 1000 steps: 100, 316, 1000.
+    evals = [r["step"] for r in metrics_lib.read_metrics(fresh) if r["split"] == "eval"]
+    assert evals == [4]
+    from pixeltok import config_utils
+    assert sorted(config_utils.eval_steps(ml_collections.ConfigDict({"eval_schedule": "log:3"}), 1000)) == \
+        [100, 316, 1000]
+    with pytest.raises(train.ConfigError, match="cooldown_from"):
+        train.train_and_evaluate(tiny_config(**wsd, total_steps=4, cooldown_from=f"{parent}:5"), str(tmp_path / "x"))
+    assert not os.path.exists(tmp_path / "x")

@@ -18,7 +18,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="run workdirs, or folders containing run workdirs")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--eval", action="store_true",
-                    help="re-evaluate each run's latest checkpoint (pixeltok.train.evaluate_checkpoint)")
+                    help="re-evaluate each run's latest checkpoint (pixeltok.evaluate.evaluate_checkpoint)")
     ap.add_argument("--metric", default="loss", help="eval field to fit ('loss', or 'error' = 1 - the task's metric: "
                     "accuracy for classification, miou for segmentation)")
     ap.add_argument("--select", default="final", choices=("final", "best"), help="final or best eval row")

@@ -37,8 +37,8 @@ def load_runs(paths: Sequence[str], *, skip_bad: bool = False, need_metrics: boo
 
 
 def evaluate_checkpoints(runs: Sequence[io.Run]) -> None:
-    """Re-evaluates each run's latest checkpoint (pixeltok.train.evaluate_checkpoint), in place."""
-    from pixeltok.train import evaluate_checkpoint   # lazy: jax/flax only when --eval is asked for
+    """Re-evaluates each run's latest checkpoint (pixeltok.evaluate.evaluate_checkpoint), in place."""
+    from pixeltok.evaluate import evaluate_checkpoint   # lazy: jax/flax only when --eval is asked for
     for run in runs:
         res = evaluate_checkpoint(run.path)
         q = run.quality_metric
