@@ -63,7 +63,7 @@ def _decay_matrix_diff(a):
     One broadcast subtraction that XLA fuses with the mask, exp and the cb multiply, instead of cumsums over
     (Q, Q) blocks. Within a chunk |cs| ≤ Q·max|dt·A|, so the difference loses ~|cs|·2⁻²⁴ absolute in the
     exponent;
-    the clamp keeps every exponent ≤ 0 (adventurer.md §7, the upstream Mamba-2 fix).
+    the clamp keeps every exponent ≤ 0 (docs/ssd.md, "Numerics rules": the upstream Mamba-2 fix).
     """
     import jax
     import jax.numpy as jnp

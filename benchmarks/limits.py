@@ -1,7 +1,7 @@
 """Machine limits measured in the benchmark's own process: matmul FLOP/s and memory bandwidth.
 
 Every efficiency the benchmark reports is achieved / one of these, measured minutes apart in the same run, never
-against a datasheet (jax_stack.md §9: these 2-core machines drift ±10–15 % and more while other jobs run).
+against a datasheet (these shared 2-core machines drift ±10–15 % and more while other jobs run).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def ssd_assoc_full(x, dt, A, B, C):
     """The SSD recurrence as ONE `associative_scan` over every token's (log-decay, state) pair.
 
     Materialises the per-step states (batch, length, heads, head_dim, state) in float32: memory ~ L·D·N, which is
-    why pixeltok's `ssd` scans over chunk states instead (adventurer.md §8). Exponents are dt·A ≤ 0.
+    why pixeltok's `ssd` scans over chunk states instead (docs/ssd.md, "Memory"). Exponents are dt·A ≤ 0.
     x: (b, L, H, P); dt: (b, L, H); A: (H,); B, C: (b, L, G, N) -> y (b, L, H, P) in x.dtype.
     """
     reps = x.shape[2] // B.shape[2]
@@ -46,7 +46,7 @@ def ssd_assoc_full(x, dt, A, B, C):
 def nominal_flops(impl: str, length: int, chunk: int) -> float:
     """Forward FLOPs each algorithm performs (×3 for forward+backward, the usual convention).
 
-    chunked: GEMM work of adventurer.md §6 (`pixeltok.ops.ssd.ssd_flops`, padded length). recurrent: 5·N·D per
+    chunked: GEMM work of docs/ssd.md "FLOPs" (`pixeltok.ops.ssd.ssd_flops`, padded length). recurrent: 5·N·D per
     token (decay·S, outer product, add, y = S·C). assoc: 7·N·D (outer product, ~2L combines of 2·N·D, y).
     """
     d = HEADS * HEAD_DIM

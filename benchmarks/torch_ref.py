@@ -1,7 +1,7 @@
 """PyTorch reference models for the benchmark: a DeiT-layout ViT and an Adventurer (Mamba-2 SSD) written from the math.
 
 Runs in its own environment (`.venv-torch`: torch 2.13.0 CPU + numpy; timm is not installable CPU-only here,
-jax_stack.md §10) as a subprocess of `benchmarks/run.py`, which merges the JSON this writes:
+benchmarks/README.md) as a subprocess of `benchmarks/run.py`, which merges the JSON this writes:
 
     .venv-torch/bin/python -m benchmarks.torch_ref --configs cfg.json --out torch.json
 
@@ -9,8 +9,8 @@ On CPU: eager float32, the way a user would run these models on this CPU. On CUD
 machine's own python3 holds torch and timm): the ViT is timm's `VisionTransformer`, the forward runs under bf16
 autocast (float32 weights), timing synchronises the device, and the peak allocated memory is recorded. Two choices that keep the reference fair:
 - the causal depthwise conv is K shifted multiply-adds, not `conv1d` (whose CPU backward is pathologically slow,
-  jax_stack.md §9);
-- the SSD is the chunked form of adventurer.md §6 in plain PyTorch (batched matmuls inside chunks, a dense
+  benchmarks/README.md);
+- the SSD is the chunked form of docs/ssd.md in plain PyTorch (batched matmuls inside chunks, a dense
   chunk-to-chunk decay matrix between chunks), all decays/exps/cumsums in float32 with exponents ≤ 0.
 """
 
@@ -58,7 +58,7 @@ class ViTBlock(nn.Module):
 
 
 class ViT(nn.Module):
-    """DeiT layout (adventurer.md §5): CLS first, learned pos-embed, pre-LN blocks, final LN, head on x[:, 0]."""
+    """DeiT layout (docs/models.md, "ViT"): CLS first, learned pos-embed, pre-LN blocks, final LN, head on x[:, 0]."""
 
     def __init__(self, width, depth, heads, mlp, patch, image, channels, classes):
         super().__init__()
@@ -102,7 +102,7 @@ def segsum(a):
     """a: (..., T) -> (..., T, T) with [i, j] = sum_{k=j+1..i} a_k for i >= j, -inf above the diagonal.
 
     Built by cumulative-summing a masked copy of `a` down the rows, so it only ever adds non-positive terms
-    (adventurer.md §6 step 3) and every exponent stays ≤ 0.
+    (docs/ssd.md, the decay matrix) and every exponent stays ≤ 0.
     """
     t = a.shape[-1]
     rows = a[..., :, None].expand(*a.shape, t)                   # [i, j] = a_i
@@ -117,7 +117,7 @@ def ssd_chunked(x, dt, A, B, C, chunk):
     b, l, h, p = x.shape
     n = B.shape[-1]
     pad = (-l) % chunk
-    if pad:  # dt = 0, x = B = C = 0 at the end: decay 1, input 0 (adventurer.md §6 step 1)
+    if pad:  # dt = 0, x = B = C = 0 at the end: decay 1, input 0 (docs/ssd.md, padding)
         x, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
         B, C = F.pad(B, (0, 0, 0, pad)), F.pad(C, (0, 0, 0, pad))
     c = (l + pad) // chunk
@@ -144,7 +144,7 @@ def ssd_chunked(x, dt, A, B, C, chunk):
 
 
 class Mamba2Mixer(nn.Module):
-    """mamba_ssm 2.0.4 `Mamba2` with d_state 64, expand 2, headdim 64, ngroups 1, conv 4 (adventurer.md §3)."""
+    """mamba_ssm 2.0.4 `Mamba2` with d_state 64, expand 2, headdim 64, ngroups 1, conv 4 (docs/models.md)."""
 
     def __init__(self, d: int, chunk: int, depth: int):
         super().__init__()
@@ -210,7 +210,8 @@ class AdventurerBlock(nn.Module):
 
 
 class Adventurer(nn.Module):
-    """adventurer.md §2: CLS appended last, pos-embed, blocks with alternate flips, RMSNorm, head on x[:, -1]."""
+    """Adventurer (docs/models.md): CLS appended last, pos-embed, blocks with alternate flips, RMSNorm, head on
+    x[:, -1]."""
 
     def __init__(self, width, depth, patch, image, channels, classes, chunk):
         super().__init__()

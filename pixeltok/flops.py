@@ -1,4 +1,4 @@
-"""Analytic FLOPs per image (adventurer.md §10): the x-axis of compute-based scaling plots.
+"""Analytic FLOPs per image (docs/ssd.md, "FLOPs"): the x-axis of compute-based scaling plots.
 
 Forward FLOPs per token per layer (a multiply-add = 2 FLOPs), blocks only (embedding, head and norms ignored):
 

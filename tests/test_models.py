@@ -1,7 +1,7 @@
-"""Tests for pixeltok.models and pixeltok.flops (adventurer.md §1–§5, §10).
+"""Tests for pixeltok.models and pixeltok.flops (docs/models.md; FLOPs: docs/ssd.md).
 
 Parameter counts are checked against layout formulas written here by hand and against the literal numbers of
-adventurer.md §1; position-embedding resizing against an independent NumPy Keys-cubic implementation; the block
+docs/models.md ("Sizes"); position-embedding resizing against an independent NumPy Keys-cubic implementation; the block
 wiring (heading average, flips, cls slot) against references composed from the blocks' own submodules.
 """
 
@@ -46,7 +46,7 @@ _mixer = nnx.jit(lambda mixer, u: mixer(u))
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# parameter counts (hand formulas, adventurer.md §1)
+# parameter counts (hand formulas, docs/models.md "Sizes")
 # ---------------------------------------------------------------------------------------------------------------
 
 def adventurer_params_by_hand(d, depth, n, channels=3, p=16, classes=1000, state=64, head_dim=64, conv=4):
@@ -71,7 +71,7 @@ def vit_params_by_hand(d, depth, n, channels=3, p=16, classes=1000):
 
 
 SIZES = {"tiny": (256, 192, 12), "small": (512, 384, 12), "base": (768, 768, 12), "large": (1024, 1024, 24)}
-# adventurer.md §1 tables (p16/224, 1000 classes) and p1/224 totals.
+# The paper's parameter counts (docs/models.md "Sizes": p16/224, 1000 classes) and p1/224 totals.
 DOC_P16 = {"adventurer_tiny": 11_608_840, "adventurer_small": 44_491_816, "adventurer_base": 98_657_608,
            "adventurer_large": 346_196_200, "vit_tiny": 5_717_416, "vit_small": 22_050_664,
            "vit_base": 86_567_656, "vit_large": 304_326_632}
@@ -296,7 +296,7 @@ def _np(v):
 
 
 def mamba2_mixer_numpy(mixer, u):
-    """Float64 NumPy Mamba-2 mixer from adventurer.md §3: split [z, x, B, C, dt], causal conv, sequential SSD."""
+    """Float64 NumPy Mamba-2 mixer (docs/models.md): split [z, x, B, C, dt], causal conv, sequential SSD."""
     b, length, _ = u.shape
     inner, heads, hd, n = mixer.d_inner, mixer.heads, mixer.head_dim, mixer.d_state
     zxbcdt = u @ _np(mixer.in_proj.kernel)
@@ -684,7 +684,7 @@ def test_resize_patch_embed_pseudo_inverse():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# FLOPs (adventurer.md §10)
+# FLOPs (docs/ssd.md, "FLOPs")
 # ---------------------------------------------------------------------------------------------------------------
 
 def test_flops_per_layer_and_tokens():

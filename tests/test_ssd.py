@@ -1,7 +1,9 @@
-"""Tests for pixeltok.ops.ssd against a float64 NumPy recurrence written here from the math (CONTRACT §1):
+"""Tests for pixeltok.ops.ssd against a float64 NumPy recurrence written here from the math (docs/ssd.md):
 
     S_t = exp(dt_t * A) * S_{t-1} + dt_t * outer(x_t, B_t),   y_t = S_t @ C_t,   head h uses group h // (H / G).
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 
 from pixeltok.ops import ssd as ssd_module
-from pixeltok.ops.ssd import ssd, ssd_flops, ssd_jit
+from pixeltok.ops.ssd import ssd, ssd_flops, ssd_jit, ssd_reference
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -54,6 +56,34 @@ def assert_close(actual, expected, rtol, what=""):
 # ----------------------------------------------------------------------------------------------------------------
 # Forward: chunked vs recurrent vs NumPy.
 # ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("length,chunk_size,groups,init", [(1, 16, 1, False), (37, 16, 2, True), (48, 16, 1, True),
+                                                             (100, 32, 2, False)])
+def test_reference_matches_numpy_recurrent_and_chunked(length, chunk_size, groups, init):
+    """`ssd_reference` (the readable chunked algorithm) against the float64 recurrence, the `lax.scan` oracle and the
+    optimised chunked form, with a short last chunk (37, 100), exact chunks (48), groups and initial states."""
+    x, dt, A, B, C, S0 = make_inputs(length + 3 * groups, 2, length, 4, 3, groups, 5, init=init)
+    y_ref, s_ref = numpy_ssd(x, dt, A, B, C, S0)
+    y, s = jax.jit(functools.partial(ssd_reference, chunk_size=chunk_size))(x, dt, A, B, C, initial_state=S0)
+    tag = f"L={length} Q={chunk_size} G={groups} init={init}"
+    assert y.dtype == jnp.float32 and s.dtype == jnp.float32
+    assert_close(y, y_ref, 1e-5, "reference y " + tag)
+    assert_close(s, s_ref, 1e-5, "reference state " + tag)
+    for impl in ("recurrent", "chunked"):
+        y_impl, s_impl = ssd_jit(x, dt, A, B, C, chunk_size=chunk_size, impl=impl, initial_state=S0,
+                                 return_state=True)
+        assert_close(y_impl, y, 1e-5, f"{impl} vs reference y " + tag)
+        assert_close(s_impl, s, 1e-5, f"{impl} vs reference state " + tag)
+
+
+def test_reference_extreme_decays_finite():
+    """dt·A down to -800 per step: the reference's exponents stay <= 0, so it is finite and matches float64."""
+    x, dt, A, B, C, _ = make_inputs(11, 1, 40, 2, 3, 1, 4, dt_range=(1.0, 50.0), a_range=(1.0, 16.0))
+    y, s = jax.jit(functools.partial(ssd_reference, chunk_size=16))(x, dt, A, B, C)
+    y_ref, s_ref = numpy_ssd(x, dt, A, B, C)
+    assert_close(y, y_ref, 1e-5, "y")
+    assert_close(s, s_ref, 1e-5, "state")
+
+
 @pytest.mark.parametrize("length", [1, 7, 129, 300])
 @pytest.mark.parametrize("chunk_size", [64, 128])
 @pytest.mark.parametrize("groups", [1, 2])

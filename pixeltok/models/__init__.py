@@ -1,4 +1,4 @@
-"""Models (CONTRACT §2): `create_model(name, ...)`, `count_params(model)`, and the name registry.
+"""Models (docs/models.md): `create_model(name, ...)`, `count_params(model)`, and the name registry.
 
     model = create_model("adventurer_base", patch_size=16, image_size=224, num_classes=1000, depth=6, dtype="bfloat16")
     logits = model(images, train=False)          # (batch, H, W, C) -> (batch, num_classes) float32
@@ -14,7 +14,7 @@ from pixeltok.models.common import KeySeq, drop_path_rates
 from pixeltok.models.vit import ViT, vit_heads
 from pixeltok.ops.resize import resize_patch_embed, resize_posemb
 
-# name -> (architecture, width, depth); DeiT sizes for ViT, the paper's sizes for Adventurer (adventurer.md §1).
+# name -> (architecture, width, depth); DeiT sizes for ViT, the paper's sizes for Adventurer (docs/models.md, "Sizes").
 MODELS = {
     "vit_tiny": ("vit", 192, 12),
     "vit_small": ("vit", 384, 12),

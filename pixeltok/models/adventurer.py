@@ -1,6 +1,6 @@
 """Adventurer: a causal Mamba-2 (SSD) vision model with the cls token last and a per-block heading average.
 
-Faithful to the released code (adventurer.md §2–§3); every deviation or quirk is a switch:
+Faithful to the released code (docs/models.md, "Adventurer"); every deviation or quirk is a switch:
 `flip_rule` ("alternate" | "released_code"), `drop_path_schedule` ("released_code" | "linear").
 """
 
@@ -23,7 +23,7 @@ SSD_IMPLS = ("chunked", "recurrent")
 
 
 def flip_layers(rule: str, depth: int) -> list[bool]:
-    """Which layers scan the patches in reverse (adventurer.md §2).
+    """Which layers scan the patches in reverse (docs/models.md, the flip rule).
 
     "alternate" (default): i % 2 == 1, i.e. layers 1, 3, 5, ... as the paper and the code comment describe.
     "released_code": i // 2 == 1 as the released code calls it, i.e. only layers 2 and 3 at any depth.
@@ -79,7 +79,7 @@ def _dt_bias_init(heads: int, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_flo
 
 
 class Mamba2Mixer(nnx.Module):
-    """The Mamba-2 token mixer of mamba_ssm 2.0.4 (adventurer.md §3), calling `pixeltok.ops.ssd.ssd`.
+    """The Mamba-2 token mixer of mamba_ssm 2.0.4 (docs/models.md, "The Mamba-2 mixer"), calling `pixeltok.ops.ssd.ssd`.
 
     Attributes:
       in_proj: Linear(d -> 2·d_inner + 2·G·N + H), no bias; output split [z, x, B, C, dt].
@@ -132,7 +132,7 @@ class Mamba2Mixer(nnx.Module):
         x = x.reshape(b, length, self.heads, self.head_dim)
         bmat = bmat.reshape(b, length, self.ngroups, self.d_state)
         cmat = cmat.reshape(b, length, self.ngroups, self.d_state)
-        # dt, A and everything decaying stays float32 (adventurer.md §7); no dt clamp at run time.
+        # dt, A and everything decaying stays float32 (docs/ssd.md, "Numerics rules"); no dt clamp at run time.
         dt = jax.nn.softplus(dt_raw.astype(jnp.float32) + self.dt_bias[...])
         a = -jnp.exp(self.A_log[...])
         y = ssd(x, dt, a, bmat, cmat, chunk_size=self.chunk_size, impl=self.ssd_impl)
@@ -161,7 +161,7 @@ class SwiGLU(nnx.Module):
 
 class AdventurerBlock(nnx.Module):
     """RMSNorm -> (flip) -> heading average prepended -> Mamba-2 mixer -> drop head output -> (un-flip) -> residual;
-    RMSNorm -> SwiGLU -> residual (adventurer.md §2)."""
+    RMSNorm -> SwiGLU -> residual (docs/models.md, the forward pass)."""
 
     def __init__(self, d: int, *, depth: int, mixer_kwargs: dict, dtype=jnp.float32, rngs: nnx.Rngs):
         self.norm = common.RMSNorm(d, eps=1e-5, out_dtype=dtype)

@@ -3,7 +3,8 @@
 
 Conventions: parameters are float32; the residual stream is float32; matmuls run in the compute dtype
 (`float32` or `bfloat16`) and, for bfloat16, accumulate into float32 outputs (`preferred_element_type`), which is
-both the fastest form on the development CPUs and the one that never needs an up-cast afterwards (jax_stack.md §9).
+both the fastest form on the development CPUs and the one that never needs an up-cast afterwards (docs/models.md,
+"Conventions shared by both models").
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def compute_dtype(name) -> jnp.dtype:
 
 
 def uniform_init(bound: float) -> Callable:
-    """U(-bound, bound) initialiser (PyTorch's default for Linear/Conv, adventurer.md §3)."""
+    """U(-bound, bound) initialiser (PyTorch's default for Linear/Conv, docs/models.md)."""
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, -bound, bound)
     return init
@@ -182,7 +183,7 @@ class RMSNorm(nnx.Module):
     """RMSNorm over the last axis, computed in float32: y = x / sqrt(mean(x²) + eps) · scale.
 
     Attributes:
-      scale: (dim,) weight, init 1 (adventurer.md §3).
+      scale: (dim,) weight, init 1 (docs/models.md, Adventurer initialisation).
     """
 
     def __init__(self, dim: int, *, eps: float = 1e-5, out_dtype=jnp.float32):
@@ -224,9 +225,9 @@ def drop_path(x: Array, rate: float | Array, rng: Array | None) -> Array:
 def drop_path_rates(rate: float, depth: int, schedule: str = "released_code") -> list[float]:
     """Per-layer drop-path rates.
 
-    "released_code" reproduces the official Adventurer off-by-one (adventurer.md §2): dpr = [0] + linspace(0, rate,
-    depth), layer i uses dpr[i], so layers 0 and 1 get 0, layer i >= 1 gets rate·(i-1)/(depth-1) and `rate` itself
-    is never reached. "linear" is the usual rate·i/(depth-1) (DeiT).
+    "released_code" reproduces the official Adventurer off-by-one (docs/models.md, "Drop-path schedule"):
+    dpr = [0] + linspace(0, rate, depth), layer i uses dpr[i], so layers 0 and 1 get 0, layer i >= 1 gets
+    rate·(i-1)/(depth-1) and `rate` itself is never reached. "linear" is the usual rate·i/(depth-1) (DeiT).
     """
     if schedule not in DROP_PATH_SCHEDULES:
         raise ValueError(f"drop_path_schedule {schedule!r} is unknown; valid: {', '.join(DROP_PATH_SCHEDULES)}")

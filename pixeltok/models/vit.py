@@ -1,4 +1,4 @@
-"""DeiT-style ViT (adventurer.md §5): cls token FIRST, learned pos-embed, pre-LN blocks, MHSA through
+"""DeiT-style ViT (docs/models.md, "ViT"): cls token FIRST, learned pos-embed, pre-LN blocks, MHSA through
 `jax.nn.dot_product_attention` (cuDNN flash attention on GPU in bf16, XLA elsewhere) or `chunked_attention`
 (query blocks, for long sequences on CPU), GELU MLP, head on token 0.
 """

@@ -1,4 +1,4 @@
-"""The SSD (Mamba-2) linear-time scan, chunked and recurrent (CONTRACT §1, adventurer.md §6-§7).
+"""The SSD (Mamba-2) linear-time scan, chunked and recurrent (docs/ssd.md).
 
 Per batch element and head h (state S is head_dim x state, float32):
 
@@ -27,7 +27,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ssd", "ssd_jit", "ssd_flops", "IMPLS"]
+__all__ = ["ssd", "ssd_jit", "ssd_flops", "ssd_reference", "IMPLS"]
 
 IMPLS = ("chunked", "recurrent")
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -109,6 +109,43 @@ def _ssd_recurrent(x, dt, A, B, C, initial_state):
     return jnp.moveaxis(y, 0, 1), final
 
 
+def ssd_reference(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *, chunk_size: int = 64,
+                  initial_state: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """The chunked SSD algorithm in plain `jnp`, to read before its optimised form `ssd(impl="chunked")`.
+
+    Same arguments and semantics as `ssd`; returns (y in x.dtype, final_state float32). For each chunk of Q
+    tokens, with a_t = dt_t·A <= 0 and x̃_t = dt_t·x_t:
+      seg[i, j] = a_{j+1} + ... + a_i (i >= j)          L = exp(seg), 0 above the diagonal
+      y_i = Σ_j (C_i·B_j) L[i, j] x̃_j  +  exp(a_0 + ... + a_i) · S_in C_i        (within chunk + entering state)
+      S_out = exp(a_0 + ... + a_{Q-1}) · S_in + Σ_j L[Q-1, j] · x̃_j B_jᵀ           (the state passed on)
+    Every exponent is a sum of a's (never a difference of cumsums), masked to -inf before exp. A Python loop over
+    chunks (the last may be shorter); no padding, custom VJP, remat or associative scan. For tests and reading.
+    """
+    b, length, heads, dim = x.shape
+    reps = heads // B.shape[2]
+    Bh, Ch = (jnp.repeat(t.astype(_F32), reps, axis=2) for t in (B, C))       # head h -> group h // reps
+    a = dt.astype(_F32) * A.astype(_F32)                                        # (b, L, H), <= 0
+    xdt = x.astype(_F32) * dt.astype(_F32)[..., None]
+    S = jnp.zeros((b, heads, dim, B.shape[3]), _F32) if initial_state is None else initial_state.astype(_F32)
+    ein = lambda spec, *ops: jnp.einsum(spec, *ops, precision=_HIGHEST)        # noqa: E731
+    ys = []
+    for start in range(0, length, chunk_size):
+        c = slice(start, start + chunk_size)
+        q = a[:, c].shape[1]
+        i, j = jnp.arange(q)[:, None], jnp.arange(q)[None, :]
+        rows = jnp.where((i > j)[None, :, :, None], a[:, c, None, :], 0.0)      # [b, i, j, h] = a_i if i > j
+        seg = jnp.cumsum(rows, axis=1)                                          # Σ_{j < k <= i} a_k
+        decay = jnp.exp(jnp.where((i >= j)[None, :, :, None], seg, -jnp.inf))  # (b, i, j, H)
+        cs = jnp.cumsum(a[:, c], axis=1)                                        # a_0 + ... + a_i
+        scores = ein("bihn,bjhn->bijh", Ch[:, c], Bh[:, c]) * decay
+        y = ein("bijh,bjhp->bihp", scores, xdt[:, c])
+        y = y + jnp.exp(cs)[..., None] * ein("bhpn,bihn->bihp", S, Ch[:, c])
+        S = jnp.exp(cs[:, -1])[..., None, None] * S + ein("bjh,bjhp,bjhn->bhpn", decay[:, -1], xdt[:, c], Bh[:, c])
+        ys.append(y)
+    y = jnp.concatenate(ys, axis=1) if ys else jnp.zeros(x.shape, _F32)
+    return y.astype(x.dtype), S
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Chunked SSD.
 # ----------------------------------------------------------------------------------------------------------------
@@ -138,9 +175,9 @@ def _cumsum(a, reverse=False, block=16):
 def _masked_cumsum(a):
     """seg[..., i, j] = sum_{k=j+1..i} a_k for i >= j (0 on the diagonal), 0 above it. a: (..., n) -> (..., n, n).
 
-    The reference construction of adventurer.md §6 step 3: a strictly-lower-triangular matrix holding a_i in row i,
-    cumulative-summed down the rows, so only non-positive terms are ever added. Used on short axes only: XLA lowers
-    cumsum to a log-depth scan, expensive on a full (Q, Q) matrix.
+    The reference construction (docs/ssd.md, the decay matrix): a strictly-lower-triangular matrix holding a_i in
+    row i, cumulative-summed down the rows, so only non-positive terms are ever added. Used on short axes only: XLA
+    lowers cumsum to a log-depth scan, expensive on a full (Q, Q) matrix.
     """
     n = a.shape[-1]
     rows = jax.lax.broadcasted_iota(jnp.int32, (n, n), 0)
@@ -156,7 +193,7 @@ def _exclusive_suffix_sum(a):
 
 def _decay_matrix(a, block=16):
     """Within-chunk decay matrix L[i, j] = exp(seg[i, j]) with seg[i, j] = sum_{k=j+1..i} a_k for i >= j and
-    L = 0 above the diagonal (adventurer.md §6 step 3). a: (..., Q) log-decays <= 0 -> (..., Q, Q) float32.
+    L = 0 above the diagonal (docs/ssd.md, the decay matrix). a: (..., Q) log-decays <= 0 -> (..., Q, Q) float32.
 
     Stability: never a difference of cumsums (cs_i - cs_j loses precision, and can round positive, when |cs| is
     large); every exponent is a sum of non-positive terms and masked entries are set to -inf BEFORE exp (no inf*0
@@ -197,7 +234,7 @@ def _decay_matrix(a, block=16):
 
 @jax.custom_vjp
 def _scores(cb, a):
-    """Decay-weighted scores cb[g, i, j] * L[g, r, i, j] (adventurer.md §6 step 4, before the x contraction).
+    """Decay-weighted scores cb[g, i, j] * L[g, r, i, j] (the diagonal block of docs/ssd.md, before the x contraction).
 
     cb: (..., G, Q, Q) C.B^T per group; a: (..., G, R, Q) log-decays <= 0 -> (..., G, R, Q, Q) float32.
     Custom VJP: autodiff through the factorised decay matrix reduces the (Q, Q) cotangent onto every factor
@@ -225,7 +262,7 @@ _scores.defvjp(_scores_fwd, _scores_bwd)
 
 
 def _intra_chunk(x, dt, A, B, C):
-    """Everything that only looks inside a chunk (steps 2-5 of adventurer.md §6).
+    """Everything that only looks inside a chunk (the within-chunk steps of docs/ssd.md).
 
     Args (the leading `...` is (batch, chunks)):
       x: (..., Q, G, R, P) inputs, head h = g * R + r.   dt: (..., Q, G, R).   A: (G, R).
@@ -252,7 +289,7 @@ def _intra_chunk(x, dt, A, B, C):
 
 
 def _combine(left, right):
-    """Associative combine of (log-decay, state) pairs: apply `left` then `right` (adventurer.md §6 step 6)."""
+    """Associative combine of (log-decay, state) pairs: apply `left` then `right` (docs/ssd.md, across chunks)."""
     (l1, s1), (l2, s2) = left, right
     return l1 + l2, jnp.exp(l2)[..., None, None] * s1 + s2          # exponent l2 <= 0
 
@@ -291,7 +328,7 @@ _linear_scan.defvjp(_linear_scan_fwd, _linear_scan_bwd)
 
 
 def _chunk_scan(log_decay, states, initial_state):
-    """States entering each chunk and the final state (adventurer.md §6 step 6).
+    """States entering each chunk and the final state (the inter-chunk step of docs/ssd.md).
 
     log_decay: (b, c, G, R) chunk log-decays; states: (b, c, G, R, P, N) chunk states from zero;
     initial_state: (b, G, R, P, N) or None. Returns (state_in (b, c, G, R, P, N), final (b, G, R, P, N)).
@@ -307,7 +344,7 @@ def _chunk_scan(log_decay, states, initial_state):
 
 
 def _inter_chunk_output(state_in, C, cs):
-    """Off-diagonal output y_off[i] = exp(cs_i) * (S_in . C_i) (adventurer.md §6 step 7), float32.
+    """Off-diagonal output y_off[i] = exp(cs_i) * (S_in . C_i) (docs/ssd.md), float32.
 
     state_in: (..., G, R, P, N) f32; C: (..., Q, G, N); cs: (..., Q, G, R) <= 0. Returns (..., Q, G, R, P).
     """
@@ -338,7 +375,7 @@ def _map_chunks(x, dt, A, B, C, chunks_per_step):
 
 
 def _ssd_chunked(x, dt, A, B, C, chunk_size, initial_state, chunks_per_step):
-    """Chunked SSD (adventurer.md §6). Returns (y f32 (b, L, H, P), final_state f32 (b, H, P, N))."""
+    """Chunked SSD (docs/ssd.md). Returns (y f32 (b, L, H, P), final_state f32 (b, H, P, N))."""
     b, length, heads, dim = x.shape
     groups, nstate = B.shape[2], B.shape[3]
     reps = heads // groups
@@ -370,7 +407,7 @@ def _ssd_chunked(x, dt, A, B, C, chunk_size, initial_state, chunks_per_step):
 def ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *, chunk_size: int = 128,
         impl: str = "chunked", initial_state: jax.Array | None = None, return_state: bool = False,
         chunks_per_step: int | None = None):
-    """SSD scan S_t = exp(dt_t*A)*S_{t-1} + dt_t*outer(x_t, B_t), y_t = S_t @ C_t (CONTRACT §1).
+    """SSD scan S_t = exp(dt_t*A)*S_{t-1} + dt_t*outer(x_t, B_t), y_t = S_t @ C_t (docs/ssd.md, "The recurrence").
 
     Args:
       x: (batch, length, heads, head_dim) inputs, float32 or bfloat16.
@@ -405,7 +442,7 @@ def ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *
 
 def ssd_flops(length: int, heads: int, head_dim: int, state: int, groups: int, chunk_size: int = 128,
               padded: bool = True) -> float:
-    """Forward FLOPs of the chunked SSD (adventurer.md §6): GEMMs only, per token
+    """Forward FLOPs of the chunked SSD (docs/ssd.md, "FLOPs"): GEMMs only, per token
     2*Q*G*N (C.B^T) + 2*Q*D (decay-weighted sum over the chunk) + 4*N*D (chunk states and y_off), D = heads*head_dim.
 
     Q = min(chunk_size, length) as in `ssd`. With padded=True (default) the count is over the padded length
