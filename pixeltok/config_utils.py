@@ -151,6 +151,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.stop_at_step = -1                      # >0: checkpoint and stop after this step, schedule unchanged (resume later)
     c.eval_max_batches = -1                  # >=0: evaluate only the first N eval batches (quick tests); -1: all
 
+    # --- segmentation (task="segmentation"; pixeltok/tasks/segmentation.py, pixeltok/data/segmentation.py)
+    c.seg_head = "linear"                    # linear: Linear(d, K) per token + bilinear upsampling | pixel_shuffle
+    c.ignore_label = 255                     # label of unlabelled / padded pixels (excluded from loss and metrics)
+    c.seg_reduce_zero_label = True           # segfolder: raw 0 ignored, raw k -> class k-1 (ADE20k); False: k -> k
+    c.seg_scale_min = 1.0                    # train scale jitter r ~ U[min, max] on a short side of image_size
+    c.seg_scale_max = 1.0
+    c.seg_cat_max_ratio = 1.0                # random crop retries (<= 10) while one class covers >= this share
+    c.seg_eval_canvas = 0                    # eval canvas side; 0: image_size (whole image), > image_size: sliding
+    c.seg_eval_stride = 0                    # sliding-window stride; 0: 2/3 of image_size
+
     # --- devices (issue: scale-out). -1 = all remaining devices.
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
     c.sharding_rules = ""                    # "" = default rules; see pixeltok.sharding
