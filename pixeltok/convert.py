@@ -586,28 +586,16 @@ def write_workdir(workdir: str, spec: Mapping, params: Mapping[tuple, Any], meta
     try:
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(workdir_config(spec), f, indent=2, sort_keys=True)
+        from pixeltok import checkpoint as ckpt_lib
         model = {k: np.asarray(v, np.float32) for k, v in params.items()}
-        _save_params_checkpoint(tmp, traverse_util.unflatten_dict(model), dict(meta))
+        # The trainer's layout: checkpoints/0/{state: {"model": params}, meta}.
+        ckpt_lib.save_params(tmp, traverse_util.unflatten_dict(model), {"step": 0, **meta})
         if os.path.isdir(workdir):
             os.rmdir(workdir)                      # empty (checked above)
         os.replace(tmp, workdir)
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _save_params_checkpoint(workdir: str, model_params: Mapping, meta: Mapping) -> None:
-    """`<workdir>/checkpoints/0/{state,meta}` with state = {"model": params}: the trainer's checkpoint layout."""
-    import orbax.checkpoint as ocp
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "meta"),
-                                 options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
-    try:
-        mngr.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"model": dict(model_params)}),
-                                             meta=ocp.args.JsonSave({"step": 0, **meta})))
-        mngr.wait_until_finished()
-    finally:
-        mngr.close()
 
 
 class _Parser(argparse.ArgumentParser):

@@ -399,3 +399,64 @@ def test_cli_bad_input_writes_nothing(tmp_path, capsys, adv_files):
     assert convert.main(["--source=adventurer", f"--checkpoint={adv_files[1]['pth']}", f"--workdir={out}"]) == 2
     assert "already exists and is not empty" in capsys.readouterr().err
     assert os.listdir(out) == ["keep.txt"]
+
+
+def _run(args, timeout=600):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_cli_workdir_evaluates_and_fine_tunes(tmp_path):
+    """Official-layout checkpoint -> `pixeltok.convert` workdir -> `pixeltok.evaluate` gives the PyTorch
+    reference's loss on the same Fashion-MNIST images -> `init_from` trains from it."""
+    torch.manual_seed(0)
+    # 1 channel, 28x28 images zero-padded to 32 (the quickstart data), p = 8; quickstart's d_state / head_dim.
+    ref = perturb_(TorchAdventurer(img_size=32, patch_size=8, depth=2, embed_dim=64, channels=1, num_classes=10,
+                                   d_state=64), seed=3, scale=0.2).double().eval()
+    ckpt = tmp_path / "official.pth"
+    torch.save({"model": _float_sd(ref), "args": argparse.Namespace(model="adventurer_tiny")}, ckpt)
+    out = tmp_path / "converted"
+    proc = _run(["-m", "pixeltok.convert", "--source=adventurer", f"--checkpoint={ckpt}", f"--workdir={out}"])
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["overrides"]["flip_rule"] == "released_code" and summary["num_channels"] == 1
+    config = json.loads((out / "config.json").read_text())
+    assert (config["model_name"], config["patch_size"], config["image_size"]) == ("adventurer_tiny", 8, 32)
+    assert config["model"]["width"] == 64 and config["model"]["depth"] == 2
+
+    n = 64
+    proc = _run(["-m", "pixeltok.evaluate", f"--workdir={out}", "--config.dataset=fashion_mnist",
+                 f"--config.eval_batch_size={n}", "--config.eval_max_batches=1"])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["num_examples"] == n
+    # The reference on the same images: the first n test images, zero-padded 28 -> 32 (black pixels), then the
+    # Fashion-MNIST mean/std.
+    import gzip
+
+    from pixeltok.data import sources
+    with gzip.open(os.path.join("/usr/share/datasets/fashion-mnist", "t10k-images-idx3-ubyte.gz")) as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:n]
+    with gzip.open(os.path.join("/usr/share/datasets/fashion-mnist", "t10k-labels-idx1-ubyte.gz")) as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)[:n].astype(np.int64)
+    x = np.zeros((n, 32, 32, 1), np.float32)
+    x[:, 2:30, 2:30, 0] = images / 255.0
+    x = (x - sources.FASHION_MNIST_MEAN[0]) / sources.FASHION_MNIST_STD[0]
+    logits = torch.from_numpy(_torch_logits(ref, x))
+    want_loss = float(F.cross_entropy(logits, torch.from_numpy(labels)))
+    want_acc = float((logits.argmax(-1).numpy() == labels).mean())
+    np.testing.assert_allclose(result["loss"], want_loss, rtol=1e-4)
+    assert result["accuracy"] == pytest.approx(want_acc)
+
+    run = tmp_path / "finetune"
+    _run(["-m", "pixeltok.main", "--config=configs/quickstart.py", f"--workdir={run}", f"--config.init_from={out}",
+          "--config.model.width=64", "--config.model.depth=2", "--config.model.flip_rule=released_code",
+          "--config.total_steps=2", "--config.warmup_steps=1", "--config.batch_size=16", "--config.lr=1e-6",
+          "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2", f"--config.eval_batch_size={n}",
+          "--config.eval_max_batches=1", "--config.log_every_steps=1"])
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [2]
+    # Two steps at lr 1e-6 barely move the weights: the run starts from the converted model, not a fresh init.
+    np.testing.assert_allclose(evals[0]["loss"], result["loss"], rtol=1e-3)
