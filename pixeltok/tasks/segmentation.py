@@ -116,9 +116,9 @@ class Segmentation(Task):
                              f"are classification augmentations; set both to 0 for task='segmentation'")
         if not 0.0 <= config.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={config.label_smoothing} is not valid; use a value in [0, 1)")
-        if int(_get(config, "seg_eval_stride", 1)) <= 0:
-            raise ValueError(f"seg_eval_stride={_get(config, 'seg_eval_stride', 0)} is not valid; use a positive "
-                             f"integer")
+        if int(_get(config, "seg_eval_stride", 0)) < 0:
+            raise ValueError(f"seg_eval_stride={_get(config, 'seg_eval_stride', 0)} is not valid; use 0 (2/3 of "
+                             f"image_size) or a positive integer")
         seg_data.eval_canvas(config)  # raises on a canvas smaller than image_size
 
     def model_overrides(self, config) -> dict:
