@@ -130,35 +130,3 @@ def write_json(path: str, obj) -> None:
 def log(msg: str) -> None:
     """Progress line on stderr with a wall-clock stamp (make bench runs for half an hour)."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# Model shapes (adventurer.md §1, §5): the PyTorch reference builds the same layouts from this table.
-MODEL_SIZES = {
-    "vit_tiny": dict(arch="vit", width=192, depth=12, heads=3, mlp=768),
-    "vit_small": dict(arch="vit", width=384, depth=12, heads=6, mlp=1536),
-    "vit_base": dict(arch="vit", width=768, depth=12, heads=12, mlp=3072),
-    "adventurer_tiny": dict(arch="adventurer", width=256, depth=12),
-    "adventurer_small": dict(arch="adventurer", width=512, depth=12),
-    "adventurer_base": dict(arch="adventurer", width=768, depth=12),
-}
-SSD_STATE, SSD_HEADDIM, SSD_CONV = 64, 64, 4      # Adventurer's Mamba-2 mixer: N, P, K (adventurer.md §1)
-
-
-def tokens_per_image(model: str, patch: int, image: int) -> int:
-    """Sequence length through the blocks: n + 1 (ViT, CLS) or n + 2 inside Adventurer's mixer (CLS + heading)."""
-    n = (image // patch) ** 2
-    return n + (2 if MODEL_SIZES[model]["arch"] == "adventurer" else 1)
-
-
-def analytic_train_flops_per_image(model: str, patch: int, image: int, chunk_size: int = 128) -> float:
-    """3 × forward FLOPs of the blocks (adventurer.md §10); the fallback and cross-check for `pixeltok.flops`."""
-    s = MODEL_SIZES[model]
-    d, depth = s["width"], s["depth"]
-    seq = tokens_per_image(model, patch, image)
-    if s["arch"] == "vit":
-        per_token = 24 * d * d + 4 * seq * d
-    else:
-        inner, n, heads, q, k = 2 * d, SSD_STATE, 2 * d // SSD_HEADDIM, chunk_size, SSD_CONV
-        per_token = (2 * d * (2 * inner + 2 * n + heads) + 2 * k * (inner + 2 * n)
-                     + 2 * q * n + 2 * q * inner + 4 * n * inner + 2 * inner * d + 15 * d * d)
-    return 3.0 * depth * seq * per_token

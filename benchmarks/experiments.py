@@ -43,9 +43,9 @@ def cmd_step(args) -> dict:
     from benchmarks.train_step import build_step
     overrides = _parse_set(args.set)
     t0 = time.perf_counter()
-    fn, fargs, make_call = build_step(args.model, args.patch, args.image, batch=args.batch,
-                                      classes=10 if args.image < 224 else 1000, overrides=overrides,
-                                      fwd_bwd_only=args.fwd_bwd)
+    fn, fargs, make_call, _ = build_step(args.model, args.patch, args.image, batch=args.batch,
+                                         classes=10 if args.image < 224 else 1000, overrides=overrides,
+                                         fwd_bwd_only=args.fwd_bwd)
     compiled = fn.lower(*fargs).compile()
     compile_s = time.perf_counter() - t0
     t = time_calls(make_call(compiled), warmup=1, min_reps=args.reps, max_reps=args.reps, min_time_s=0,

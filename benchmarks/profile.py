@@ -94,9 +94,9 @@ def main():
         overrides = {"dtype": args.dtype, "remat": args.remat or None}
         if args.model.startswith("adventurer"):
             overrides["chunk_size"] = args.chunk
-        fn, fargs, make_call = build_step(args.model, args.patch, args.image, batch=args.batch,
-                                          classes=10 if args.image < 224 else 1000, overrides=overrides,
-                                          fwd_bwd_only=args.fwd_bwd)
+        fn, fargs, make_call, _ = build_step(args.model, args.patch, args.image, batch=args.batch,
+                                             classes=10 if args.image < 224 else 1000, overrides=overrides,
+                                             fwd_bwd_only=args.fwd_bwd)
         compiled = fn.lower(*fargs).compile()
         call = make_call(compiled)
     else:

@@ -144,7 +144,7 @@ def markdown(res: dict) -> str:
     if res.get("scan"):
         batch = res["scan"][0].get("batch", 1)
         lines += [f"## SSD scan (Adventurer-T mixer shapes: 8 heads × 64, state 64, batch {batch}, float32)", "",
-                  "FLOPs are each algorithm's nominal count (chunked: GEMM work of docs/ssd.md "FLOPs"; recurrent "
+                  "FLOPs are each algorithm's nominal count (chunked: GEMM work in docs/ssd.md, FLOPs; recurrent "
                   "5·N·D/token; assoc 7·N·D/token; ×3 for fwd+bwd). Bytes = XLA cost-analysis bytes accessed "
                   "(a while-loop body counts once, so the recurrent figure is a floor).", ""]
         rows = []

@@ -32,7 +32,7 @@ from benchmarks import report
 from benchmarks.common import QUICK, load_average, log, machine_info, machine_name, write_json
 from benchmarks.limits import combine_limits, measure_limits
 from benchmarks.scan import run_scan_bench
-from benchmarks.train_step import run_train_bench
+from benchmarks.train_step import reference_shape, run_train_bench
 
 RESULTS_DIR = os.environ.get("BENCH_RESULTS_DIR") or os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                                    "results")
@@ -363,7 +363,8 @@ def run_train_section(grid: list[dict], limits: dict, max_time_s: float, torch_t
         if cfg["torch"] and "torch" in SECTIONS:  # (no rows at all otherwise: a merge must not clobber old ones)
             train += run_train_bench([{**cfg, "fwd_bwd_only": True}], limits, MEM_BUDGET, max_time_s)
             tcfg = {k: cfg[k] for k in ("model", "patch", "image", "batch", "classes")}
-            tcfg.update(channels=3, chunk_size=cfg["overrides"].get("chunk_size", 128))
+            tcfg.update(channels=3, chunk_size=cfg["overrides"].get("chunk_size", 128),
+                        shape=reference_shape(cfg["model"], cfg["overrides"]))
             torch_rows += run_torch([tcfg], torch_time_s)
     return train, torch_rows
 

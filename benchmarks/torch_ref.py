@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import MODEL_SIZES, SSD_CONV, SSD_HEADDIM, SSD_STATE, log, time_calls, write_json
+from benchmarks.common import log, time_calls, write_json
 
 
 # ------------------------------------------------------------------------------------------------------------- ViT
@@ -144,14 +144,16 @@ def ssd_chunked(x, dt, A, B, C, chunk):
 
 
 class Mamba2Mixer(nn.Module):
-    """mamba_ssm 2.0.4 `Mamba2` with d_state 64, expand 2, headdim 64, ngroups 1, conv 4 (docs/models.md)."""
+    """mamba_ssm 2.0.4 `Mamba2`, ngroups 1 (docs/models.md); `shape` from `train_step.reference_shape` gives
+    d_inner, d_state, head_dim and the conv width as pixeltok's model has them (default: 2d, 64, 64, 4)."""
 
-    def __init__(self, d: int, chunk: int, depth: int):
+    def __init__(self, d: int, chunk: int, depth: int, shape: dict):
         super().__init__()
-        self.inner, self.heads, self.chunk = 2 * d, 2 * d // SSD_HEADDIM, chunk
-        conv_ch = self.inner + 2 * SSD_STATE
-        self.in_proj = nn.Linear(d, 2 * self.inner + 2 * SSD_STATE + self.heads, bias=False)
-        self.conv_weight = nn.Parameter(torch.empty(conv_ch, SSD_CONV).uniform_(-0.5, 0.5))
+        self.inner, self.state, self.head_dim = shape["d_inner"], shape["d_state"], shape["head_dim"]
+        self.heads, self.chunk, self.conv = self.inner // self.head_dim, chunk, shape["conv"]
+        conv_ch = self.inner + 2 * self.state
+        self.in_proj = nn.Linear(d, 2 * self.inner + 2 * self.state + self.heads, bias=False)
+        self.conv_weight = nn.Parameter(torch.empty(conv_ch, self.conv).uniform_(-0.5, 0.5))
         self.conv_bias = nn.Parameter(torch.empty(conv_ch).uniform_(-0.5, 0.5))
         self.A_log = nn.Parameter(torch.log(torch.empty(self.heads).uniform_(1, 16)))
         dt0 = torch.exp(torch.empty(self.heads).uniform_(math.log(1e-3), math.log(1e-1))).clamp(min=1e-4)
@@ -164,7 +166,7 @@ class Mamba2Mixer(nn.Module):
 
     def causal_conv(self, u):
         """Depthwise causal conv, K shifted multiply-adds (u: (b, l, ch)); weight[:, k] multiplies u[t - (K-1) + k]."""
-        k = SSD_CONV
+        k = self.conv
         up = F.pad(u, (0, 0, k - 1, 0))
         out = self.conv_bias + up[:, k - 1:] * self.conv_weight[:, k - 1]
         for i in range(k - 1):
@@ -173,10 +175,10 @@ class Mamba2Mixer(nn.Module):
 
     def forward(self, u):
         b, l, _ = u.shape
-        z, xbc, dt = torch.split(self.in_proj(u), [self.inner, self.inner + 2 * SSD_STATE, self.heads], -1)
+        z, xbc, dt = torch.split(self.in_proj(u), [self.inner, self.inner + 2 * self.state, self.heads], -1)
         xbc = F.silu(self.causal_conv(xbc))
-        x, B, C = torch.split(xbc, [self.inner, SSD_STATE, SSD_STATE], -1)
-        x = x.reshape(b, l, self.heads, SSD_HEADDIM)
+        x, B, C = torch.split(xbc, [self.inner, self.state, self.state], -1)
+        x = x.reshape(b, l, self.heads, self.head_dim)
         dt = F.softplus(dt.float() + self.dt_bias)
         A = -torch.exp(self.A_log.float())
         y = ssd_chunked(x, dt, A, B, C, self.chunk) + self.D[:, None] * x
@@ -185,12 +187,12 @@ class Mamba2Mixer(nn.Module):
 
 
 class AdventurerBlock(nn.Module):
-    def __init__(self, d: int, chunk: int, depth: int, flip: bool):
+    def __init__(self, d: int, chunk: int, depth: int, flip: bool, shape: dict):
         super().__init__()
         self.flip = flip
         self.norm, self.norm_mlp = RMSNorm(d), RMSNorm(d)
-        self.mixer = Mamba2Mixer(d, chunk, depth)
-        hidden = int(2.5 * d)
+        self.mixer = Mamba2Mixer(d, chunk, depth, shape)
+        hidden = shape["mlp"]
         self.w1, self.w2, self.w3 = nn.Linear(d, hidden), nn.Linear(d, hidden), nn.Linear(hidden, d)
 
     def _flip(self, h):  # reverse the patches, CLS stays last
@@ -213,14 +215,14 @@ class Adventurer(nn.Module):
     """Adventurer (docs/models.md): CLS appended last, pos-embed, blocks with alternate flips, RMSNorm, head on
     x[:, -1]."""
 
-    def __init__(self, width, depth, patch, image, channels, classes, chunk):
+    def __init__(self, width, depth, patch, image, channels, classes, chunk, shape):
         super().__init__()
         self.patch = patch
         n = (image // patch) ** 2
         self.patch_embed = nn.Linear(channels * patch * patch, width)
         self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, n + 1, width) * 0.02)
-        self.blocks = nn.ModuleList([AdventurerBlock(width, chunk, depth, i % 2 == 1) for i in range(depth)])
+        self.blocks = nn.ModuleList([AdventurerBlock(width, chunk, depth, i % 2 == 1, shape) for i in range(depth)])
         self.norm = RMSNorm(width)
         self.head = nn.Linear(width, classes)
 
@@ -235,14 +237,14 @@ class Adventurer(nn.Module):
 # ---------------------------------------------------------------------------------------------------------- timing
 def build(cfg: dict, use_timm: bool = False) -> nn.Module:
     """The reference model of a configuration; `use_timm` takes timm's VisionTransformer for the ViT shapes."""
-    s = MODEL_SIZES[cfg["model"]]
+    s = cfg["shape"]              # from pixeltok.models (train_step.reference_shape), resolved on the JAX side
     if s["arch"] == "vit":
         if use_timm:
             return TimmViT(cfg)
         return ViT(s["width"], s["depth"], s["heads"], s["mlp"], cfg["patch"], cfg["image"], cfg["channels"],
                    cfg["classes"])
     return Adventurer(s["width"], s["depth"], cfg["patch"], cfg["image"], cfg["channels"], cfg["classes"],
-                      cfg.get("chunk_size", 128))
+                      cfg.get("chunk_size", 128), s)
 
 
 class TimmViT(nn.Module):
@@ -319,7 +321,7 @@ def bench_one(cfg: dict, max_time_s: float, device: str = "cpu", amp: str = "non
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", required=True, help="JSON list of {model, patch, image, batch, channels, ...}")
+    ap.add_argument("--configs", required=True, help="JSON list of {model, patch, image, batch, channels, shape, ...}")
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-time-s", type=float, default=30.0, help="timing budget per configuration")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
