@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
-from flax import nnx
+from flax import nnx, traverse_util
+from jax.sharding import NamedSharding, PartitionSpec as P
 from orbax.checkpoint import checkpoint_managers
 
 CKPT_DIR = "checkpoints"
@@ -80,6 +81,23 @@ def donatable_copy(state: Any, shardings: Any) -> Any:
 def has_checkpoint(workdir: str) -> bool:
     """True when `workdir/checkpoints` holds at least one committed step (read-only check, creates nothing)."""
     return latest_step(os.path.join(workdir, CKPT_DIR)) is not None
+
+
+# Config keys whose change makes an existing checkpoint unusable (shapes differ); checked before resuming.
+SHAPE_KEYS = ("model_name", "patch_size", "image_size", "num_classes", "num_channels", "model")
+
+
+def check_same_shapes(config, workdir: str) -> None:
+    """ValueError unless a workdir with checkpoints holds a run of the same shapes (or resuming would fail
+    half-way); a workdir without checkpoints is always fine."""
+    from pixeltok import metrics as metrics_lib
+    if not has_checkpoint(workdir) or not os.path.exists(os.path.join(workdir, metrics_lib.CONFIG_FILE)):
+        return
+    old, new = metrics_lib.read_config_json(workdir), config.to_dict()
+    for key in SHAPE_KEYS:
+        if old.get(key) != new.get(key) and not (key in ("num_classes", "num_channels") and old.get(key) is None):
+            raise ValueError(f"workdir {workdir!r} holds a run with {key}={old.get(key)!r} but this config has "
+                             f"{key}={new.get(key)!r}; use another --workdir")
 
 
 def latest_step(ckpt_dir: str) -> int | None:
@@ -282,6 +300,33 @@ def restore_state(ckpt_dir: str, step: int, abstract_state, data_iter=None) -> t
         return out["state"], dict(out["meta"])
     finally:
         mngr.close()
+
+
+def saved_param_shapes(path: str, subtree: str = "model") -> tuple[str, int, dict]:
+    """(checkpoint dir, step, flat {param path: saved shape/dtype}) of a run or converted model's latest checkpoint,
+    read from metadata only (no array is loaded). ValueError when there is none or it holds no `subtree`."""
+    ckpt_dir, step = resolve_checkpoint(path)
+    saved = state_metadata(ckpt_dir, step)
+    if subtree not in saved:
+        raise ValueError(f"{path!r} holds no {subtree} parameters")
+    return ckpt_dir, step, traverse_util.flatten_dict(saved[subtree])
+
+
+def read_params(ckpt_dir: str, step: int, saved_shapes: Mapping[tuple, Any], target: Mapping[tuple, Any],
+                adapt: Callable, *, mesh, subtree: str = "model") -> tuple[dict, list[str]]:
+    """Reads saved parameters and adapts them to `target` ({path: ShapeDtypeStruct with sharding}).
+
+    Leaves already of the target's shape are read straight into their shards; the others (to be resized by `adapt`,
+    e.g. `models.pretrained.adapt_params`) are read whole. Returns ({path: array on its shards}, adapt's notes).
+    """
+    replicated = NamedSharding(mesh, P())
+    read_as = {path: target[path] if path in target and tuple(target[path].shape) == tuple(meta.shape)
+               else jax.ShapeDtypeStruct(meta.shape, meta.dtype, sharding=replicated)
+               for path, meta in saved_shapes.items()}
+    saved = restore_subtree(ckpt_dir, step, {subtree: traverse_util.unflatten_dict(read_as)})[subtree]
+    params, notes = adapt(traverse_util.flatten_dict(saved), target)
+    return {path: jax.device_put(jnp.asarray(v, target[path].dtype), target[path].sharding)
+            for path, v in params.items()}, notes
 
 
 def save_params(workdir: str, params: Mapping[str, Any], meta: Mapping[str, Any] | None = None,

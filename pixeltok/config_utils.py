@@ -144,7 +144,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.log_every_steps = 50
     c.init_from = ""                         # another run's workdir or checkpoint dir (multi-stage recipes)
-    c.posemb_resize = "correct"              # init_from at another resolution: "correct" | "released_code" (docs/models.md)
+    c.posemb_resize = "correct"              # init_from at another resolution: correct | released_code (docs/models.md)
     c.eval_schedule = ""                     # "": every eval_every_steps | "log:N": N evals spaced geometrically
     c.checkpoint_steps = ""                  # comma list of extra steps to checkpoint and keep (cooldown branch points)
     c.cooldown_from = ""                     # "<workdir>:<step>": continue that run's state with this run's schedule

@@ -22,7 +22,8 @@ from flax import nnx, traverse_util
 from pixeltok import checkpoint as ckpt_lib
 from pixeltok import config_utils
 from pixeltok import metrics as metrics_lib
-from pixeltok import train
+from pixeltok import tasks, train, warm_start
+from pixeltok.models import pretrained
 
 
 def evaluate_checkpoint(workdir: str, step: int | str | None = None,
@@ -51,21 +52,21 @@ def evaluate_checkpoint(workdir: str, step: int | str | None = None,
         ckpt_dir, ckpt_step = ckpt_lib.resolve_checkpoint(workdir, None if step == "latest" else step)
         saved = ckpt_lib.state_metadata(ckpt_dir, ckpt_step)
         pretrained_plan = {name: traverse_util.flatten_dict(saved[name]) for name in ("model", "ema") if name in saved}
-        train.pretrained.plan_adaptation(pretrained_plan["model"], train.model_params(plan.abstract_state),
-                                         **train.adaptation_args(plan))
+        pretrained.plan_adaptation(pretrained_plan["model"], warm_start.model_params(plan.abstract_state),
+                                   **warm_start.adaptation_args(plan))
     except (ValueError, KeyError) as e:
         raise train.ConfigError(f"workdir {workdir!r}: {str(e).splitlines()[0]}") from e
     with jax.set_mesh(plan.mesh):
         eval_fn = train.make_eval_step(plan)
         model_state = jax.tree.map(lambda x: x, plan.abstract_state["model_opt"][0])
         nnx.replace_by_pure_dict(model_state, traverse_util.unflatten_dict(
-            train.read_params(plan, ckpt_dir, ckpt_step, pretrained_plan["model"])))
+            warm_start.read_params(plan, ckpt_dir, ckpt_step, pretrained_plan["model"])))
         scores, details = train.evaluate(plan, eval_fn, model_state)
         result = {"step": ckpt_step, "split": plan.config.eval_split, **scores}
         if "ema" in pretrained_plan and "ema" in plan.abstract_state:
             ema = jax.tree.map(lambda x: x, plan.abstract_state["ema"])
             nnx.replace_by_pure_dict(ema, traverse_util.unflatten_dict(
-                train.read_params(plan, ckpt_dir, ckpt_step, pretrained_plan["ema"], subtree="ema")))
+                warm_start.read_params(plan, ckpt_dir, ckpt_step, pretrained_plan["ema"], subtree="ema")))
             ema_scores, _ = train.evaluate(plan, eval_fn, model_state, ema)
             result.update({f"ema_{k}": ema_scores[k] for k in plan.task.metric_names})
     if details is not None:
@@ -120,7 +121,7 @@ def main(argv: Sequence[str]) -> int:
     if jax.process_index() == 0:
         metrics_lib.write_eval_details(workdir, result["step"], {**result, **({"details": details} if details else {})},
                                        name=f"evaluate_{result['step']}_{split}")
-        task = train.tasks.get_task(base.task)
+        task = tasks.get_task(base.task)
         print(f"step {result['step']} on {result['split']}: {task.describe(result)} "
               f"({result['num_examples']} examples)")
         print(json.dumps(result), flush=True)

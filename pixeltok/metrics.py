@@ -214,6 +214,27 @@ class Chrono:
         return {"img_per_sec": self.img_per_sec, "eta_s": eta, "train_time_s": self.train_time_s}
 
 
+def progress(examples: int, tokens_per_image: int, train_flops_per_image: float) -> dict:
+    """How far a record is into training, in the units scaling fits use (examples, tokens, analytic FLOPs)."""
+    return dict(examples_seen=examples, tokens_seen=examples * tokens_per_image,
+                flops=examples * train_flops_per_image, wall_time=time.time())
+
+
+def log_train(writer: MetricWriter, chrono: Chrono, step: int, device_metrics: Mapping[str, Any], *,
+              progress: Mapping[str, Any], log=print) -> float:
+    """Writes and prints the train record of `step` from the step's device metrics (loss, lr, grad_norm) and the
+    chrono's throughput; returns the loss. The trainer calls it one log step late so the device never waits."""
+    import jax   # the rest of this module is usable without jax (scaling reads metrics.jsonl)
+    m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    timing = chrono.tick(step)
+    speed = {"img_per_sec": timing["img_per_sec"]} if math.isfinite(timing["img_per_sec"]) else {}
+    writer.write(step, "train", **progress, loss=m["loss"], lr=m["lr"], grad_norm=m["grad_norm"], **speed,
+                 train_time_s=timing["train_time_s"],
+                 device_hours=timing["train_time_s"] * jax.device_count() / 3600)
+    log(progress_line(step, chrono.total_steps, m["loss"], m["lr"], timing["img_per_sec"], timing["eta_s"]))
+    return m["loss"]
+
+
 def progress_line(step: int, total: int, loss: float, lr: float, img_per_sec: float, eta_s: float) -> str:
     """`[  120/1000] loss 0.6123  lr 1.00e-03  412 img/s  ETA 2m10s`."""
     width = len(str(total))

@@ -22,10 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 import os
-import signal
-import threading
 import time
 from typing import Any, Mapping
 
@@ -35,7 +32,6 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pixeltok import checkpoint as ckpt_lib
@@ -44,27 +40,24 @@ from pixeltok import data as data_lib
 from pixeltok import memory as memory_lib
 from pixeltok import metrics as metrics_lib
 from pixeltok import optim
+from pixeltok import preemption
 from pixeltok import sharding
 from pixeltok import tasks
-from pixeltok.models import count_params, pretrained
+from pixeltok import warm_start
+from pixeltok.models import count_params
 from pixeltok.models.spec import ModelSpec
 
-# Config keys whose change makes an existing checkpoint unusable (shapes differ); checked before resuming.
-SHAPE_KEYS = ("model_name", "patch_size", "image_size", "num_classes", "num_channels", "model")
 NO_BAD_STEP = np.iinfo(np.int32).max      # "no non-finite step seen yet" in the on-device divergence flag
 
 
-class ConfigError(ValueError):
-    """Bad user input found before anything is written to the workdir (the CLI exits with code 2)."""
+ConfigError = warm_start.ConfigError   # bad user input, found before anything is written (CLI exit code 2)
 
 
 class TrainingDivergedError(RuntimeError):
     """A non-finite loss or gradient norm; the run stops without saving the bad state."""
 
 
-def log(msg: str) -> None:
-    if jax.process_index() == 0:
-        print(msg, flush=True)
+log = warm_start.log                   # printed by process 0 only
 
 
 # ====================================================================================== the run, checked up front
@@ -111,7 +104,10 @@ def plan_run(config: ml_collections.ConfigDict, *, train: bool = True, mesh_cfg=
                 config[key] = int(have)
             task.check_config(config, info)
             mesh = sharding.make_mesh(mesh_cfg if mesh_cfg is not None else config.mesh)
-            check_batch_split(config, mesh, train=train)
+            sharding.check_batch_split(mesh, {"batch_size": config.batch_size,
+                                              "micro-batch batch_size/accum_steps":
+                                                  config.batch_size // config.accum_steps} if train else {},
+                                       eval_batch_size=config.eval_batch_size)
             num_train = info.num_train if config.max_train_examples <= 0 else min(info.num_train,
                                                                                   config.max_train_examples)
             steps_per_epoch = num_train / config.batch_size
@@ -134,31 +130,6 @@ def plan_run(config: ml_collections.ConfigDict, *, train: bool = True, mesh_cfg=
                    num_params_non_embedding=count_params(abs_model, exclude_embeddings=True))
 
 
-def check_batch_split(config, mesh, *, train: bool) -> None:
-    """Global (micro-)batches must split evenly over the data-parallel devices and the processes."""
-    shards = math.prod(mesh.shape[a] for a in sharding.batch_axes(mesh))
-    mesh_desc, nproc = sharding.describe_mesh(mesh), jax.process_count()
-    sizes = ([("batch_size", config.batch_size), ("micro-batch batch_size/accum_steps",
-                                                  config.batch_size // config.accum_steps)] if train else [])
-    for key, size in sizes + [("eval_batch_size", config.eval_batch_size)]:
-        if size % shards:
-            raise ConfigError(f"{key}={size} is not divisible by the {shards} data-parallel devices of mesh "
-                              f"{mesh_desc}; use a multiple of {shards}")
-        if size % nproc:
-            raise ConfigError(f"{key}={size} is not divisible by the {nproc} processes; use a multiple of {nproc}")
-
-
-def check_workdir(config, workdir: str) -> None:
-    """A workdir with checkpoints must hold a run of the same shapes, or resuming would fail half-way."""
-    if not ckpt_lib.has_checkpoint(workdir) or not os.path.exists(os.path.join(workdir, metrics_lib.CONFIG_FILE)):
-        return
-    old, new = metrics_lib.read_config_json(workdir), config.to_dict()
-    for key in SHAPE_KEYS:
-        if old.get(key) != new.get(key) and not (key in ("num_classes", "num_channels") and old.get(key) is None):
-            raise ConfigError(f"workdir {workdir!r} holds a run with {key}={old.get(key)!r} but this config has "
-                              f"{key}={new.get(key)!r}; use another --workdir")
-
-
 def build_model_and_optimizer(model: ModelSpec, tx):
     """(model, optimizer); called under nnx.eval_shape and inside the jitted init."""
     module = model.build()
@@ -170,76 +141,6 @@ def train_state(model, opt, ema: bool) -> dict:
     state = {"model_opt": nnx.state((model, opt))}
     if ema:
         state["ema"] = nnx.state(model, nnx.Param)
-    return state
-
-
-# ========================================================================================== starting points
-def plan_branch(plan: RunPlan) -> tuple[str, int] | None:
-    """`cooldown_from=<workdir>:<step>`: the other run's checkpoint this run continues from (checked up front)."""
-    if not plan.config.cooldown_from:
-        return None
-    src, _, step = plan.config.cooldown_from.rpartition(":")
-    if not src or not step.isdigit():
-        raise ConfigError(f"cooldown_from={plan.config.cooldown_from!r} must be <workdir>:<step>")
-    try:
-        ckpt_dir, step = ckpt_lib.resolve_checkpoint(src, int(step))
-        check_workdir(plan.config, src)
-    except ValueError as e:
-        raise ConfigError(f"cooldown_from: {e}") from e
-    if int(step) >= plan.config.total_steps:
-        raise ConfigError(f"cooldown_from step {step} is not before total_steps={plan.config.total_steps}")
-    return ckpt_dir, int(step)
-
-
-def plan_init_from(plan: RunPlan) -> tuple[str, int, dict] | None:
-    """`init_from`: (checkpoint dir, step, saved parameter shapes), with the adaptation checked up front."""
-    if not plan.config.init_from:
-        return None
-    try:
-        src_dir, src_step = ckpt_lib.resolve_checkpoint(plan.config.init_from)
-        saved = ckpt_lib.state_metadata(src_dir, src_step)
-        if "model" not in saved:
-            raise ValueError("it holds no model parameters")
-        saved = traverse_util.flatten_dict(saved["model"])
-        pretrained.plan_adaptation(saved, model_params(plan.abstract_state), **adaptation_args(plan))
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(f"init_from={plan.config.init_from!r}: {str(e).splitlines()[0]}") from e
-    return src_dir, src_step, saved
-
-
-def model_params(state: Mapping[str, Any]) -> dict:
-    """Flat {path: leaf} of the model's nnx.Params in a train state (abstract or concrete)."""
-    return traverse_util.flatten_dict(nnx.to_pure_dict(nnx.filter_state(state["model_opt"][0], nnx.Param)))
-
-
-def adaptation_args(plan: RunPlan) -> dict:
-    """How `models.pretrained` adapts saved parameters to this run's model."""
-    return dict(arch=plan.model.arch, posemb_resize=plan.config.posemb_resize)
-
-
-def read_params(plan: RunPlan, ckpt_dir: str, step: int, saved_shapes: Mapping[tuple, Any],
-                subtree: str = "model") -> dict:
-    """A checkpoint's parameters adapted to this run's model (resolution, patch size, head), on their shards."""
-    target = model_params(plan.abstract_state)
-    replicated = NamedSharding(plan.mesh, P())
-    # Leaves of the target's shape land straight in their shards; the rest (to be resized) are read whole.
-    read_as = {path: target[path] if path in target and tuple(target[path].shape) == tuple(meta.shape)
-               else jax.ShapeDtypeStruct(meta.shape, meta.dtype, sharding=replicated)
-               for path, meta in saved_shapes.items()}
-    saved = ckpt_lib.restore_subtree(ckpt_dir, step, {subtree: traverse_util.unflatten_dict(read_as)})[subtree]
-    params, notes = pretrained.adapt_params(traverse_util.flatten_dict(saved), target, **adaptation_args(plan))
-    log(f"loaded {len(params)} parameter arrays from {ckpt_dir} step {step}"
-        + (f" ({'; '.join(notes)})" if notes else ""))
-    return {path: jax.device_put(jnp.asarray(v, target[path].dtype), target[path].sharding)
-            for path, v in params.items()}
-
-
-def load_init_from(plan: RunPlan, state: dict, source: tuple[str, int, dict]) -> dict:
-    """Another run's (or a converted model's) parameters into a fresh state; the optimizer starts fresh."""
-    nested = traverse_util.unflatten_dict(read_params(plan, *source))
-    nnx.replace_by_pure_dict(state["model_opt"][0], nested)
-    if "ema" in state:
-        nnx.replace_by_pure_dict(state["ema"], nested)
     return state
 
 
@@ -338,59 +239,6 @@ def raise_if_diverged(first_bad, last_saved: int | None, workdir: str) -> None:
         raise TrainingDivergedError(f"non-finite {what} at step {bad_step}; last good checkpoint is {good}")
 
 
-def log_train_metrics(writer, chrono, plan: RunPlan, step: int, device_metrics) -> float:
-    """Writes and prints the train record of `step` (fetched one step late so the device never waits); its loss."""
-    m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-    timing = chrono.tick(step)
-    speed = {"img_per_sec": timing["img_per_sec"]} if math.isfinite(timing["img_per_sec"]) else {}
-    writer.write(step, "train", **progress_fields(plan, step), loss=m["loss"], lr=m["lr"], grad_norm=m["grad_norm"],
-                 **speed, train_time_s=timing["train_time_s"],
-                 device_hours=timing["train_time_s"] * jax.device_count() / 3600)
-    log(metrics_lib.progress_line(step, plan.config.total_steps, m["loss"], m["lr"], timing["img_per_sec"],
-                                  timing["eta_s"]))
-    return m["loss"]
-
-
-def progress_fields(plan: RunPlan, step: int) -> dict:
-    """How far a record is into training, in the units scaling fits use."""
-    examples = step * plan.config.batch_size
-    return dict(examples_seen=examples, tokens_seen=examples * plan.model.tokens_per_image,
-                flops=examples * plan.model.train_flops_per_image, wall_time=time.time())
-
-
-class StopFlag:
-    """SIGTERM/SIGINT -> stop after the current step (a second SIGINT aborts at once)."""
-
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-
-    def _handle(self, signum, frame):
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        log(f"received signal {signum}; saving a checkpoint after the current step")
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    def should_stop(self, sync: bool) -> bool:
-        """Local flag; with several processes, OR-ed over all of them when `sync` (all must stop together)."""
-        if jax.process_count() == 1:
-            return self.signum is not None
-        if not sync:
-            return False
-        from jax.experimental import multihost_utils
-        return bool(np.any(multihost_utils.process_allgather(np.array(self.signum is not None))))
-
-
 # ================================================================================================= the loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the final metrics.
@@ -407,10 +255,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # --- config checks: all of them before the workdir is touched.
     plan = plan_run(config)
     cfg, task = plan.config, plan.task
-    check_workdir(cfg, workdir)
+    try:
+        ckpt_lib.check_same_shapes(cfg, workdir)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     resuming = ckpt_lib.has_checkpoint(workdir)
-    branch = None if resuming else plan_branch(plan)
-    init_source = None if resuming or branch else plan_init_from(plan)
+    branch = None if resuming else warm_start.plan_branch(plan)
+    init_source = None if resuming or branch else warm_start.plan_init_from(plan)
     total, best_key = cfg.total_steps, f"best_{task.best_metric}"
     is_main = jax.process_index() == 0
     with contextlib.ExitStack() as cleanup:         # closes writer and checkpointer on every exit, errors included
@@ -450,7 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             state = jax.jit(lambda: train_state(*build_model_and_optimizer(plan.model, plan.tx), cfg.ema_decay > 0),
                             out_shardings=plan.state_shardings)()
             if init_source is not None:
-                state = load_init_from(plan, state, init_source)
+                state = warm_start.load_init_from(plan, state, init_source)
 
         # --- the jitted steps
         step_fn = make_train_step(plan)
@@ -479,7 +330,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         pending = None                           # (step, device metrics) of a log step, read one step later
         step, eval_at = start, plan.eval_steps
         keep_at = set(config_utils.int_list(cfg.checkpoint_steps))
-        with StopFlag() as stop:
+        with preemption.StopFlag(log) as stop:
             while step < total:
                 batch = put_batch(plan.mesh, next(train_iter))
                 t0 = time.perf_counter()
@@ -498,12 +349,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 # before an eval or save. A diverged run writes no record, eval or checkpoint past the last good one.
                 if pending is not None:
                     raise_if_diverged(first_bad, last_saved, workdir)
-                    result["train_loss"] = log_train_metrics(writer, chrono, plan, *pending)
+                    result["train_loss"] = metrics_lib.log_train(writer, chrono, *pending,
+                                                                 progress=progress(plan, pending[0]), log=log)
                 pending = (step, device_metrics) if log_now and not (do_eval or do_save) else None
                 if do_eval or do_save:
                     raise_if_diverged(first_bad, last_saved, workdir)
                     if log_now:
-                        result["train_loss"] = log_train_metrics(writer, chrono, plan, step, device_metrics)
+                        result["train_loss"] = metrics_lib.log_train(writer, chrono, step, device_metrics,
+                                                                     progress=progress(plan, step), log=log)
                     chrono.pause()
                 if do_eval:
                     scores, details = evaluate(plan, eval_fn, state["model_opt"][0])
@@ -515,7 +368,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     if improved:
                         meta.update(best=scores[task.best_metric], best_step=step)
                     meta["last_eval"] = {"step": step, **fields}
-                    writer.write(step, "eval", **progress_fields(plan, step), **{best_key: meta["best"]}, **fields)
+                    writer.write(step, "eval", **progress(plan, step), **{best_key: meta["best"]}, **fields)
                     if details is not None and is_main:
                         metrics_lib.write_eval_details(workdir, step, details)
                     log(f"[{step:>{len(str(total))}d}/{total}] eval {task.describe(scores)}  (best "
@@ -542,6 +395,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         log(f"final {task.describe(result)} (step {step}); best {task.best_metric} {meta['best']:.4f} "
             f"(step {meta['best_step']}); train time {metrics_lib.format_duration(chrono.train_time_s)}")
     return result
+
+
+def progress(plan: RunPlan, step: int) -> dict:
+    """How far a record is into training, in the units scaling fits use."""
+    return metrics_lib.progress(step * plan.config.batch_size, plan.model.tokens_per_image,
+                                plan.model.train_flops_per_image)
 
 
 def plan_facts(plan: RunPlan) -> dict:
