@@ -303,3 +303,16 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules=None) -> Any:
 def _is_parsed(rules) -> bool:
     return (isinstance(rules, list) and bool(rules) and
             all(isinstance(p, re.Pattern) and isinstance(r, Rule) for p, r in rules))
+
+
+def check_batch_split(mesh: Mesh, train_sizes: Mapping[str, int], **other_sizes: int) -> None:
+    """Raises ValueError unless every global batch size splits evenly over the data-parallel devices of `mesh`
+    and over the processes (each process feeds its own slice)."""
+    shards = math.prod(mesh.shape[a] for a in batch_axes(mesh))
+    nproc = jax.process_count()
+    for key, size in {**train_sizes, **other_sizes}.items():
+        if size % shards:
+            raise ValueError(f"{key}={size} is not divisible by the {shards} data-parallel devices of mesh "
+                             f"{describe_mesh(mesh)}; use a multiple of {shards}")
+        if size % nproc:
+            raise ValueError(f"{key}={size} is not divisible by the {nproc} processes; use a multiple of {nproc}")
