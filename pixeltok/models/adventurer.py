@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from pixeltok.models import common, heads
+from pixeltok.ops import seq_parallel
 from pixeltok.ops.ssd import ssd
 
 Array = jax.Array
@@ -48,6 +49,13 @@ def maybe_reverse_patches(x: Array, flip: bool | Array) -> Array:
     if isinstance(flip, (bool, np.bool_)):
         return reverse_patches(x) if flip else x
     return jnp.where(flip, reverse_patches(x), x)
+
+
+def _maybe(fn, x: Array, flip: bool | Array) -> Array:
+    """fn(x) if flip else x; flip is a Python bool or a traced bool scalar (scan over layers)."""
+    if isinstance(flip, (bool, np.bool_)):
+        return fn(x) if flip else x
+    return jnp.where(flip, fn(x), x)
 
 
 def causal_depthwise_conv(x: Array, kernel: Array, bias: Array) -> Array:
@@ -140,6 +148,41 @@ class Mamba2Mixer(nnx.Module):
         y = y.reshape(b, length, self.d_inner) * jax.nn.silu(z.astype(jnp.float32))
         return self.out_proj(self.norm(y)).astype(jnp.float32)
 
+    def call_sharded(self, u: Array, head: Array, seq: seq_parallel.SeqLayout) -> Array:
+        """`__call__(concat([head, u]))[:, 1:]` with u's tokens split over the seq mesh axis (docs/sharding.md).
+
+        u: (batch, padded, d) sharded; head: (batch, 1, d) the heading token, replicated, which sits in front of
+        shard 0: it enters as the conv's left context there and, through its state, as the scan's initial state
+        (its own output is dropped by the block, so it is never computed). Returns (batch, padded, d) float32.
+        """
+        b, length, _ = u.shape
+        gn = self.ngroups * self.d_state
+        cuts = [self.d_inner, 2 * self.d_inner + 2 * gn]
+        z, xbc, dt_raw = jnp.split(self.in_proj(u.astype(self.dtype)), cuts, axis=-1)
+        _, xbc_h, dt_h = jnp.split(self.in_proj(head.astype(self.dtype)), cuts, axis=-1)
+        kernel, bias = self.conv1d.kernel[...], self.conv1d.bias[...]
+        xbc_h = xbc_h.astype(jnp.float32)
+        k_size = kernel.shape[0]
+        prefix = jnp.concatenate([jnp.zeros((b, k_size - 1, xbc_h.shape[-1]), jnp.float32), xbc_h], 1)[:, 1:]
+        xbc = jax.nn.silu(seq_parallel.causal_conv(xbc.astype(jnp.float32), kernel, bias, seq, prefix=prefix))
+        xbc_h = jax.nn.silu(causal_depthwise_conv(xbc_h, kernel, bias))     # zeros before the head token
+
+        def parts(t, n):
+            x, bm, cm = jnp.split(t.astype(self.dtype), [self.d_inner, self.d_inner + gn], axis=-1)
+            return (x.reshape(b, n, self.heads, self.head_dim), bm.reshape(b, n, self.ngroups, self.d_state),
+                    cm.reshape(b, n, self.ngroups, self.d_state))
+
+        x, bmat, cmat = parts(xbc, length)
+        x_h, b_h, c_h = parts(xbc_h, 1)
+        dt = jax.nn.softplus(dt_raw.astype(jnp.float32) + self.dt_bias[...])
+        dt_h = jax.nn.softplus(dt_h.astype(jnp.float32) + self.dt_bias[...])
+        a = -jnp.exp(self.A_log[...])
+        _, state = ssd(x_h, dt_h, a, b_h, c_h, chunk_size=1, return_state=True)   # the head token's state
+        y = seq_parallel.ssd(x, dt, a, bmat, cmat, seq, chunk_size=self.chunk_size, initial_state=state)
+        y = y.astype(jnp.float32) + self.D[...][:, None] * x.astype(jnp.float32)
+        y = y.reshape(b, length, self.d_inner) * jax.nn.silu(z.astype(jnp.float32))
+        return self.out_proj(self.norm(y)).astype(jnp.float32)
+
 
 class SwiGLU(nnx.Module):
     """Channel mixer swiglu(u) = w3(silu(w1 u) · w2 u), hidden int(2.5 d), all Linears with bias (init 0)."""
@@ -169,11 +212,14 @@ class AdventurerBlock(nnx.Module):
         self.norm2 = common.RMSNorm(d, eps=1e-5, out_dtype=dtype)
         self.mlp = SwiGLU(d, int(2.5 * d), dtype=dtype, rngs=rngs)
 
-    def token_mix(self, x: Array, flip: bool | Array) -> Array:
+    def token_mix(self, x: Array, flip: bool | Array, seq: seq_parallel.SeqLayout | None = None) -> Array:
         """The mixer branch without drop-path: (batch, n + 1, d) float32 -> (batch, n + 1, d) float32.
 
         flip: a Python bool, or a traced bool scalar when the blocks run as a scan over layers.
+        seq: the layout when the tokens are split over the seq mesh axis (x is then (batch, padded, d)).
         """
+        if seq is not None:
+            return self._token_mix_sharded(x, flip, seq)
         h = maybe_reverse_patches(self.norm(x), flip)
         # Heading average: mean of all n + 1 tokens (incl. cls), accumulated in float32, prepended so every
         # position of the causal scan sees a global summary first; its own output is dropped.
@@ -181,14 +227,24 @@ class AdventurerBlock(nnx.Module):
         h = self.mixer(jnp.concatenate([head, h], axis=1))[:, 1:]
         return maybe_reverse_patches(h, flip)                       # every block outputs the same token order
 
+    def _token_mix_sharded(self, x: Array, flip: bool | Array, seq: seq_parallel.SeqLayout) -> Array:
+        """token_mix on seq-sharded tokens [patches, cls, padding]: the flip is a global reversal of the patches
+        (cls and padding stay in place), the heading average a masked global mean placed in front of shard 0."""
+        reverse = lambda t: seq_parallel.reverse_prefix(t, seq.length - 1, seq)  # noqa: E731
+        h = _maybe(reverse, self.norm(x), flip)
+        head = seq_parallel.global_mean(h, seq).astype(h.dtype)
+        y = self.mixer.call_sharded(h, head, seq)
+        y = jnp.where(seq_parallel.token_mask(seq)[None, :, None], y, 0.0)     # padding stays zero
+        return _maybe(reverse, y, flip)
+
     def __call__(self, x: Array, *, flip: bool | Array = False, drop_rate: float | Array = 0.0,
-                 rng: Array | None = None) -> Array:
+                 rng: Array | None = None, seq: seq_parallel.SeqLayout | None = None) -> Array:
         """x: (batch, n + 1, d) float32 residual stream -> same. `rng` (train only) draws two independent masks.
 
         flip and drop_rate are Python values in the layer loop, traced scalars in the scan over layers.
         """
         r1, r2 = common.split_rngs(rng, 2)
-        x = x + common.drop_path(self.token_mix(x, flip), drop_rate, r1)
+        x = x + common.drop_path(self.token_mix(x, flip, seq), drop_rate, r1)
         return x + common.drop_path(self.mlp(self.norm2(x)), drop_rate, r2)
 
 
@@ -245,7 +301,19 @@ class Adventurer(nnx.Module):
 
     def forward_features(self, images: Array, train: bool = False, *, rng: Array | None = None) -> Array:
         """The residual stream after the last block (before the final norm): (batch, n + 1, d) float32."""
-        return common.run_block_stack(self, self.embed(images), train, rng, flip=self.flips)
+        x, seq = self._stream(images, train, rng)
+        return x if seq is None else x[:, :seq.length]
+
+    def _stream(self, images: Array, train: bool, rng: Array | None):
+        """(residual stream after the blocks, its sequence-parallel layout or None). Under a mesh with seq > 1
+        (`jax.set_mesh`) the tokens [patches, cls] are padded at the end and split over seq from here to the head
+        (docs/sharding.md)."""
+        x = self.embed(images)
+        seq = seq_parallel.current_layout(x.shape[1], x.shape[0])
+        if seq is None:
+            return common.run_block_stack(self, x, train, rng, flip=self.flips), None
+        x = seq_parallel.shard_tokens(x, seq)
+        return common.run_block_stack(self, x, train, rng, flip=self.flips, seq=(seq,) * self.depth), seq
 
     def features(self, images: Array, train: bool = False, rng: Array | None = None) -> Array:
         """All tokens after the final RMSNorm: (batch, n + 1, d) float32, patches row-major, cls LAST.
@@ -253,7 +321,9 @@ class Adventurer(nnx.Module):
         Every block un-flips its output and drops its heading-average token, so the residual stream always has
         this layout.
         """
-        return self.norm(self.forward_features(images, train, rng=rng))
+        x, seq = self._stream(images, train, rng)
+        x = self.norm(x)
+        return x if seq is None else x[:, :seq.length]
 
     def patch_grid(self, tokens: Array) -> Array:
         """The patch tokens of `features` as the image grid (batch, gh, gw, d) (cls dropped)."""

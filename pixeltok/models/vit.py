@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pixeltok.models import common, heads
-from pixeltok.ops import attention
+from pixeltok.ops import attention, seq_parallel
 # Re-exported: `pixeltok.memory` and older call sites read these through the model module.
 from pixeltok.ops.attention import (ATTN_IMPLS, CHUNK_Q_BLOCK, chunked_attention, padded_attention,  # noqa: F401
                                     resolve_attn_impl)
@@ -44,12 +44,19 @@ class Attention(nnx.Module):
         self.qkv = common.linear(d, 3 * d, use_bias=True, kernel_init=init, dtype=dtype, rngs=rngs)
         self.proj = common.linear(d, d, use_bias=True, kernel_init=init, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: Array) -> Array:
-        """x: (batch, length, d) compute dtype -> (batch, length, d) float32."""
+    def __call__(self, x: Array, seq: seq_parallel.SeqLayout | None = None) -> Array:
+        """x: (batch, length, d) compute dtype -> (batch, length, d) float32.
+
+        seq: the sequence-parallel layout when x's tokens are split over the seq mesh axis (docs/sharding.md):
+        every shard's queries attend the keys/values of all shards (padding masked).
+        """
         b, length, d = x.shape
         qkv = self.qkv(x).astype(self.dtype).reshape(b, length, 3, self.heads, d // self.heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # (batch, length, heads, head_dim)
-        o = attention.dot_product_attention(q, k, v, impl=self.impl)
+        if seq is not None:
+            o = seq_parallel.attention(q, k, v, seq)
+        else:
+            o = attention.dot_product_attention(q, k, v, impl=self.impl)
         return self.proj(o.reshape(b, length, d).astype(self.dtype)).astype(jnp.float32)
 
 
@@ -78,10 +85,12 @@ class ViTBlock(nnx.Module):
         self.norm2 = nnx.LayerNorm(d, epsilon=1e-6, param_dtype=jnp.float32, rngs=rngs)
         self.mlp = Mlp(d, int(mlp_ratio * d), dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: Array, *, drop_rate: float | Array = 0.0, rng: Array | None = None) -> Array:
-        """x: (batch, n + 1, d) float32 residual stream -> same; drop_rate is traced in the scan over layers."""
+    def __call__(self, x: Array, *, drop_rate: float | Array = 0.0, rng: Array | None = None,
+                 seq: seq_parallel.SeqLayout | None = None) -> Array:
+        """x: (batch, n + 1, d) float32 residual stream -> same; drop_rate is traced in the scan over layers.
+        seq: the layout when the tokens are split over the seq mesh axis (then x is (batch, padded, d))."""
         r1, r2 = common.split_rngs(rng, 2)
-        x = x + common.drop_path(self.attn(self.norm1(x).astype(self.dtype)), drop_rate, r1)
+        x = x + common.drop_path(self.attn(self.norm1(x).astype(self.dtype), seq), drop_rate, r1)
         return x + common.drop_path(self.mlp(self.norm2(x).astype(self.dtype)), drop_rate, r2)
 
 
@@ -131,11 +140,25 @@ class ViT(nnx.Module):
 
     def forward_features(self, images: Array, train: bool = False, *, rng: Array | None = None) -> Array:
         """The residual stream after the last block (before the final norm): (batch, n + 1, d) float32."""
-        return common.run_block_stack(self, self.embed(images), train, rng)
+        x, seq = self._stream(images, train, rng)
+        return x if seq is None else x[:, :seq.length]
+
+    def _stream(self, images: Array, train: bool, rng: Array | None):
+        """(residual stream after the blocks, its sequence-parallel layout or None). Under a mesh with seq > 1
+        (`jax.set_mesh`) the tokens are padded at the end and split over seq from here to the head
+        (docs/sharding.md)."""
+        x = self.embed(images)
+        seq = seq_parallel.current_layout(x.shape[1], x.shape[0])
+        if seq is None:
+            return common.run_block_stack(self, x, train, rng), None
+        x = seq_parallel.shard_tokens(x, seq)
+        return common.run_block_stack(self, x, train, rng, seq=(seq,) * self.depth), seq
 
     def features(self, images: Array, train: bool = False, rng: Array | None = None) -> Array:
         """All tokens after the final LayerNorm: (batch, n + 1, d) float32, cls FIRST, then patches row-major."""
-        return self.norm(self.forward_features(images, train, rng=rng)).astype(jnp.float32)
+        x, seq = self._stream(images, train, rng)
+        x = self.norm(x).astype(jnp.float32)
+        return x if seq is None else x[:, :seq.length]
 
     def patch_grid(self, tokens: Array) -> Array:
         """The patch tokens of `features` as the image grid (batch, gh, gw, d) (cls dropped)."""

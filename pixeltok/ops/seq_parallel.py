@@ -118,6 +118,9 @@ def shard_tokens(x: Array, layout: SeqLayout) -> Array:
     if x.shape[1] != layout.length:
         raise ValueError(f"activation has {x.shape[1]} tokens; the layout expects {layout.length}")
     pad = layout.padded - layout.length
+    # Pin the unpadded input to "replicated over seq" first: otherwise the partitioner propagates the seq split
+    # backwards through the pad into the producer (the patch embedding) with mismatched shard shapes.
+    x = jax.lax.with_sharding_constraint(x, P(layout.batch_axes or None))
     x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
     return jax.lax.with_sharding_constraint(x, layout.spec(x.ndim))
 
