@@ -132,3 +132,17 @@ def test_cli_frontier_without_flops_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pixeltok.scaling: error: compute-frontier analysis") and "'flops'" \
         in err[0]
+
+
+def test_unfinished_branch_is_left_out(tmp_path):
+    synthetic.write_synthetic_frontier_runs(str(tmp_path), patch_sizes=(4, 2, 1), seeds=(0,), noise=0.0)
+    runs, _ = analysis.load_runs([str(tmp_path)])
+    branch = next(r for r in runs if r.patch_size == 2 and r.config["cooldown_from"])
+    met = os.path.join(branch.path, "metrics.jsonl")
+    rows = open(met).read().splitlines()
+    open(met, "w").write("\n".join(rows[:-1]) + "\n")        # interrupted before its final (annealed) eval
+    runs, _ = analysis.load_runs([str(tmp_path)])
+    unfinished = []
+    lns = compute.build_lineages(runs, "loss", unfinished)
+    assert unfinished == [branch.name]
+    assert next(ln for ln in lns if ln.patch_size == 2).flops.size == len(BUDGETS) - 1

@@ -92,15 +92,23 @@ def interpolate_loglog(flops, values, budgets) -> np.ndarray:
 
 
 def _run_final(run: io.Run, metric: str) -> tuple[float, float] | None:
+    """(FLOPs, value) of the run's final eval, or None when the run has not reached its `total_steps` (an
+    unfinished cooldown branch's last eval is not an annealed loss)."""
     xs, ys = run.curve(metric)
     if not xs:
         return None
     i = int(np.argmax(xs))
+    total = run.config.get("total_steps")
+    steps = [r.get("step") for r in run.evals if isinstance(r.get("flops"), (int, float))]
+    if isinstance(total, int) and total > 0 and steps and max(s for s in steps if s is not None) < total:
+        return None
     return xs[i], ys[i]
 
 
-def build_lineages(runs: Sequence[io.Run], metric: str = "loss") -> list[Lineage]:
-    """Groups runs into lineages (see module doc). Runs without eval rows carrying FLOPs are left out."""
+def build_lineages(runs: Sequence[io.Run], metric: str = "loss", unfinished: list | None = None) -> list[Lineage]:
+    """Groups runs into lineages (see module doc). Runs without eval rows carrying FLOPs are left out, and so are
+    unfinished runs of multi-run lineages (their names are appended to `unfinished` when given)."""
+    unfinished = [] if unfinished is None else unfinished
     by: dict = {}
     for run in runs:
         key = io.group_key(run, metric)
@@ -111,6 +119,8 @@ def build_lineages(runs: Sequence[io.Run], metric: str = "loss") -> list[Lineage
         if len(rs) >= 2:
             pts = [pt for pt in (_run_final(r, metric) for r in rs) if pt is not None]
             source = "annealed"
+            if len(pts) < len(rs):
+                unfinished.extend(r.name for r in rs if _run_final(r, metric) is None)
         else:
             x, y = rs[0].curve(metric)
             pts = list(zip(x, y))
@@ -468,13 +478,15 @@ def analyze_compute(runs: Sequence[io.Run], *, metric: str = "loss", n_bootstrap
     "heldout" (the largest-budget check per family), "winner" (+ "margin"), "compute_optimal"
     ([{"flops", "patch_size", "ci", "observed_best_patch_size"}] in increasing flops), "warnings".
     """
-    lineages = build_lineages(runs, metric)
+    unfinished: list = []
+    lineages = build_lineages(runs, metric, unfinished)
     if not lineages:
         raise ValueError(f"no run has eval rows with 'flops' and {metric!r}; cannot analyse the compute frontier")
     out = {}
     for label in sorted({ln.group for ln in lineages}):
         lns = [ln for ln in lineages if ln.group == label]
-        warnings = []
+        warnings = [f"left out (not finished: last eval before total_steps): {', '.join(sorted(unfinished))}"] \
+            if unfinished else []
         b = np.asarray(budgets if budgets is not None else default_budgets(lns), np.float64)
         for ln in lns:
             if ln.source == "annealed" and ln.values.size >= 2:
