@@ -15,9 +15,9 @@ head Linear(64, 11) per patch token (715 parameters) then bilinear upsampling 8x
 Recipe: AdamW lr 3e-3 (unscaled), 50 warmup steps, cosine to 1e-5, wd 0.05, batch 64, 600 steps (~1.9 epochs),
 evaluation at steps 300 and 600; the best checkpoint is chosen by mIoU.
 
-Argument: `pN,head=H,steps=S,width=W,depth=D,arch=A` (defaults p4, head=linear, steps=600, width=64, depth=4,
-arch=adventurer); N in 16, 8, 4, 2, 1; H in linear | pixel_shuffle; A in adventurer | vit (ViT-Tiny layout, 2 heads
-of 32 at width 64). Measured numbers per patch size: reports/seg_patch/ and docs/segmentation.md.
+Argument: `pN,head=H,steps=S,width=W,depth=D,arch=A,dstate=N,chunk=Q` (defaults p4, head=linear, steps=600,
+width=64, depth=4, arch=adventurer, dstate=64, chunk=128); N in 16, 8, 4, 2, 1; H in linear | pixel_shuffle; A in
+adventurer | vit (ViT-Tiny layout, 2 heads of 32 at width 64); dstate / chunk: Adventurer's SSD state size and chunk. Measured numbers per patch size: reports/seg_patch/ and docs/segmentation.md.
 There is no paper number for this set: it checks the pipeline and the patch-size trend, not the paper.
 """
 
@@ -27,7 +27,8 @@ ARCHS = {"adventurer": "adventurer_tiny", "vit": "vit_tiny"}
 
 
 def get_config(arg=None):
-    a = config_utils.parse_arg(arg, patch=4, head="linear", steps=600, width=64, depth=4, arch="adventurer")
+    a = config_utils.parse_arg(arg, patch=4, head="linear", steps=600, width=64, depth=4, arch="adventurer",
+                               dstate=64, chunk=128)
     if a.arch not in ARCHS:
         raise ValueError(f"arch={a.arch!r} is not valid; use one of {tuple(ARCHS)}")
     c = config_utils.base_config()
@@ -40,6 +41,9 @@ def get_config(arg=None):
     c.model.width = a.width
     c.model.depth = a.depth
     c.model.drop_path = 0.0
+    if a.arch == "adventurer":
+        c.model.d_state = a.dstate
+        c.model.chunk_size = a.chunk
     c.seg_head = a.head
 
     # Data: the embedded dense set; flips only (the canvas is the training size).
