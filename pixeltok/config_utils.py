@@ -162,7 +162,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seg_eval_stride = 0                    # sliding-window stride; 0: 2/3 of image_size
 
     # --- devices (issue: scale-out). -1 = all remaining devices.
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "seq": 1})   # seq: docs/sharding.md
     c.sharding_rules = ""                    # "" = default rules; see pixeltok.sharding
     return c
 

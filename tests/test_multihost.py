@@ -67,7 +67,7 @@ def test_two_processes_match_one_and_resume(tmp_path):
         np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, err_msg=str(key))
 
     cfg = json.loads((multi / "config.json").read_text())
-    assert cfg["num_processes"] == 2 and cfg["num_devices"] == 4 and cfg["mesh"] == {"data": 4, "fsdp": 1}
+    assert cfg["num_processes"] == 2 and cfg["num_devices"] == 4 and cfg["mesh"] == {"data": 4, "fsdp": 1, "seq": 1}
     # One checkpoint directory per saved step, holding both processes' shards.
     steps = sorted(p.name for p in (multi / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == ["2", "4"]

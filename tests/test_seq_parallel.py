@@ -209,3 +209,54 @@ def test_adventurer_compiled_memory_scales_with_seq():
     four = memory.measure_compiled("adventurer_tiny", 1, 64, batch=1, mesh_cfg={"data": 1, "seq": 4},
                                    **kw)
     assert four["per_device_bytes"] <= 0.4 * one["per_device_bytes"], (one, four)
+
+
+# ---------------------------------------------------------------------------------------------------- CLI end to end
+E2E = ["--config=configs/quickstart.py:p4", "--config.total_steps=3", "--config.batch_size=16",
+       "--config.eval_batch_size=16", "--config.eval_every_steps=3", "--config.eval_max_batches=1",
+       "--config.log_every_steps=1", "--config.model.width=16", "--config.model.depth=2", "--config.warmup_steps=1",
+       "--config.lr=0.01", "--config.checkpoint_every_steps=3"]
+
+
+@pytest.mark.slow
+def test_cli_seq4_data2_same_losses_as_one_device(tmp_path):
+    """`python -m pixeltok.main --config=configs/quickstart.py:p4 --config.mesh.data=2 --config.mesh.seq=4` on 8
+    virtual devices logs the losses of a one-device run (64 patches + cls over 4 shards), Adventurer and ViT;
+    config.json records the mesh with its seq axis."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    data_dir = tmp_path / "data"
+    runs = {}
+    for model in ("adventurer_tiny", "vit_tiny"):
+        runs[f"{model}-one"] = (1, [f"--config.model_name={model}", "--config.mesh.data=1"])
+        runs[f"{model}-seq"] = (8, [f"--config.model_name={model}", "--config.mesh.data=2", "--config.mesh.seq=4"])
+    procs = {}
+    for i, (name, (devices, flags)) in enumerate(runs.items()):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PIXELTOK_", "SLURM_", "TPU_"))}
+        env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+        procs[name] = subprocess.Popen([sys.executable, "-m", "pixeltok.main", *E2E, *flags,
+                                        f"--workdir={tmp_path / name}", f"--config.data_dir={data_dir}"],
+                                       cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if i == 0:               # the first run prepares the data set; the others start once it is there
+            while not (tmp_path / name / "config.json").exists() and procs[name].poll() is None:
+                time.sleep(0.2)
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, f"{name} failed:\n{out[-3000:]}"
+
+    def losses(workdir):
+        rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+        return {(r["split"], r["step"]): r["loss"] for r in rows}
+
+    for model in ("adventurer_tiny", "vit_tiny"):
+        ref, got = losses(tmp_path / f"{model}-one"), losses(tmp_path / f"{model}-seq")
+        assert set(ref) == set(got) == {("train", 1), ("train", 2), ("train", 3), ("eval", 3)}
+        for key in ref:
+            np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, err_msg=f"{model} {key}")
+        conf = json.loads((tmp_path / f"{model}-seq" / "config.json").read_text())
+        assert conf["mesh"] == {"data": 2, "fsdp": 1, "seq": 4} and conf["num_devices"] == 8

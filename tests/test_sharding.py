@@ -305,9 +305,9 @@ def test_cli_training_same_losses_on_three_meshes(tmp_path):
             np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, err_msg=f"{name} {key}")
 
     meshes = {n: json.loads((tmp_path / n / "config.json").read_text()) for n in runs}
-    assert meshes["single"]["mesh"] == {"data": 1, "fsdp": 1} and meshes["single"]["num_devices"] == 1
-    assert meshes["data8"]["mesh"] == {"data": 8, "fsdp": 1} and meshes["data8"]["num_devices"] == 8
-    assert meshes["fsdp"]["mesh"] == {"data": 4, "fsdp": 2}
+    assert meshes["single"]["mesh"] == {"data": 1, "fsdp": 1, "seq": 1} and meshes["single"]["num_devices"] == 1
+    assert meshes["data8"]["mesh"] == {"data": 8, "fsdp": 1, "seq": 1} and meshes["data8"]["num_devices"] == 8
+    assert meshes["fsdp"]["mesh"] == {"data": 4, "fsdp": 2, "seq": 1}
 
     # The saved arrays carry the shardings they were trained with: kernels and AdamW moments split over fsdp.
     specs = saved_partition_specs(tmp_path / "fsdp", 3)
