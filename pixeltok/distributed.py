@@ -11,7 +11,7 @@ Decision order (`launch_mode()`), first match wins:
   5. TPU pod: `TPU_WORKER_HOSTNAMES` with > 1 host, or `MEGASCALE_COORDINATOR_ADDRESS` (multislice) → `initialize()`.
   6. otherwise single process                      → nothing.
 Every process of a job must run the same programs (jits, evals, checkpoint saves) or all of them hang
-(docs/sharding.md). `maybe_initialize()` is idempotent.
+(docs/architecture.md, "Multi-process runs"). `maybe_initialize()` is idempotent.
 """
 
 from __future__ import annotations
