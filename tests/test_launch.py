@@ -300,7 +300,7 @@ def test_patch_frontier_sweep_design():
         (m, f"configs/quickstart.py:p{p},res=16", s) for m in ("adventurer_tiny", "vit_tiny") for p in (8, 4, 2, 1)
         for s in (0, 1)}
     keys = ("model.width", "model.depth", "batch_size", "warmup_steps", "lr", "wd", "train_augment", "hflip",
-            "schedule", "wsd_decay_fraction", "wsd_decay_shape", "eval_schedule", "eval_max_batches")
+            "crop_ratio", "schedule", "wsd_decay_fraction", "wsd_decay_shape", "eval_schedule", "eval_max_batches")
     assert len({tuple(r.overrides[k] for k in keys) for r in runs}) == 1       # one recipe at every point
     names = {r.name for r in runs}
     budgets = {}
