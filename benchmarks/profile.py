@@ -1,6 +1,7 @@
 """Where a pixeltok train step (or SSD call) spends its time on XLA:CPU: a profiler trace aggregated by op.
 
     .venv/bin/python -m benchmarks.profile train adventurer_tiny --patch 1 --image 32 --batch 4 [--dtype bfloat16]
+        [--set width=64 --set depth=4]
     .venv/bin/python -m benchmarks.profile ssd --length 16384 --chunk 128 [--backward]
 
 Prints the top XLA ops (fusions, dots, copies) by total time over the profiled steps, with their share of the step.
@@ -85,6 +86,7 @@ def main():
     ap.add_argument("--length", type=int, default=16384)
     ap.add_argument("--backward", action="store_true")
     ap.add_argument("--fwd-bwd", action="store_true", help="profile value_and_grad only (no AdamW)")
+    ap.add_argument("--set", action="append", help="extra model override KEY=VALUE, e.g. width=64 (repeatable)")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--hlo", type=int, default=0, help="print the HLO line of the N slowest single ops")
@@ -94,6 +96,8 @@ def main():
         overrides = {"dtype": args.dtype, "remat": args.remat or None}
         if args.model.startswith("adventurer"):
             overrides["chunk_size"] = args.chunk
+        from benchmarks.experiments import _parse_set
+        overrides.update(_parse_set(args.set))
         fn, fargs, make_call, _ = build_step(args.model, args.patch, args.image, batch=args.batch,
                                              classes=10 if args.image < 224 else 1000, overrides=overrides,
                                              fwd_bwd_only=args.fwd_bwd)
