@@ -207,6 +207,10 @@ def estimate(model_name: str, patch_size: int, image_size: int, *, batch: int = 
         num_params = count_params_abstract(model_name, patch_size, image_size, num_classes=num_classes,
                                            num_channels=num_channels, **overrides)
     embed = (image_size * image_size * num_channels * 4 + 3 * local * d * 4) * batch
+    if overrides.get("head_type", "classification") != "classification":
+        # segmentation: per-pixel float32 logits, their log-softmax and cotangent, B x H x W x K each, the
+        # same at every patch size (docs/segmentation.md, "Memory")
+        embed += 3 * image_size * image_size * num_classes * 4 * batch
     return MemoryEstimate(model_name, patch_size, image_size, batch, dtype, str(remat or ""), chunk_size, tokens,
                           num_params, fsdp, int(16 * num_params / fsdp), int(block), int(saved), int(working),
                           int(transient * batch), int(embed), seq)
@@ -248,6 +252,9 @@ def from_config(config, *, num_devices: int = 1, batch: int | None = None) -> Me
     from pixeltok.models import valid_overrides
     overrides = {k: v for k, v in model_cfg.items() if k in valid_overrides(config.model_name)}
     k, ch = _dataset_defaults(config)
+    if config.get("task", "classification") == "segmentation":   # per-pixel head + logits
+        overrides["head_type"] = "seg_pixel_shuffle" if config.get("seg_head") == "pixel_shuffle" else "seg_linear"
+        k = k if config.get("num_classes", -1) > 0 else {"ade20k": 150}.get(config.dataset, 11)
     return estimate(config.model_name, config.patch_size, config.image_size, batch=batch,
                     dtype=config.get("dtype", "float32"), remat=config.get("remat", ""), chunk_size=chunk,
                     num_classes=k, num_channels=ch, fsdp=fsdp, seq=seq, **overrides)
