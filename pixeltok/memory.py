@@ -297,7 +297,8 @@ def measure_compiled(model_name: str, patch_size: int, image_size: int, *, batch
 
     def loss_fn(params, rest, images, labels):
         model = nnx.merge(graphdef, params, rest)
-        return optax.softmax_cross_entropy_with_integer_labels(model(images, train=True), labels).mean()
+        logits = model(images, train=True, rng=jax.random.key(0))     # drop-path needs a key when its rate > 0
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
     images = jax.ShapeDtypeStruct((batch, image_size, image_size, num_channels), jnp.float32)
     labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
