@@ -104,7 +104,10 @@ class Segmentation(Task):
     metric_names = ("loss", "miou", "pixel_accuracy")
     best_metric = "miou"
 
+    class_names: tuple[str, ...] = ()
+
     def check_config(self, config, info) -> None:
+        self.class_names = tuple(getattr(info, "class_names", ()) or ())  # labels the per-class IoU JSON
         if not getattr(info, "dense", False):
             raise ValueError(f"task='segmentation' needs a segmentation data set, but dataset={config.dataset!r} has "
                              f"class labels; use 'fashion_mnist_seg', 'ade20k' or 'segfolder:<root>'")
@@ -152,9 +155,12 @@ class Segmentation(Task):
     def artifacts(self, sums) -> dict:
         conf = np.asarray(sums["confusion"], np.float64)
         m = metrics_from_confusion(conf)
-        return {"miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"],
-                "iou": [None if np.isnan(v) else float(v) for v in m["iou"]],
-                "label_pixels": [int(v) for v in conf.sum(1)], "predicted_pixels": [int(v) for v in conf.sum(0)]}
+        out = {"miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"],
+               "iou": [None if np.isnan(v) else float(v) for v in m["iou"]],
+               "label_pixels": [int(v) for v in conf.sum(1)], "predicted_pixels": [int(v) for v in conf.sum(0)]}
+        if len(self.class_names) == len(conf):
+            out["class_names"] = list(self.class_names)
+        return out
 
     def describe(self, metrics: dict) -> str:
         return (f"mIoU {100 * metrics['miou']:.2f}%, pixel acc {100 * metrics['pixel_accuracy']:.2f}%, "
