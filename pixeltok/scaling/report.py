@@ -139,6 +139,15 @@ def frontier_markdown(frontier: dict, metric: str) -> str:
         for label, g in res["groups"].items():
             out += [f"## {label}: {name}", ""]
             out += [f"- warning: {w}" for w in g["warnings"]]
+            per_p: dict = {}
+            for ln in g["lineages"]:
+                per_p[ln["patch_size"]] = per_p.get(ln["patch_size"], 0) + 1
+            if per_p and min(per_p.values()) <= 3:
+                out += [f"- note: {min(per_p.values())} lineage(s) (seeds) per patch size: the bootstrap resamples "
+                        "so few seeds that its intervals are too narrow (with 2 seeds a resample is one of 3 "
+                        "seed combinations); read them as lower bounds on the uncertainty."]
+            if out[-1].startswith("- "):
+                out.append("")
             ho = g["heldout"]
             win = g["winner"]
             if g["compute_optimal"]:
