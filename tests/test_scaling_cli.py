@@ -131,7 +131,7 @@ def test_cli_bad_input_one_line_error(tmp_path, capsys, case):
 
 
 def test_cli_eval_uses_checkpoint_results(tmp_path, capsys, monkeypatch):
-    """--eval plumbing: the fitted values come from pixeltok.train.evaluate_checkpoint (stubbed here; the real
+    """--eval plumbing: the fitted values come from pixeltok.evaluate.evaluate_checkpoint (stubbed here; the real
     restore is covered by test_cli_eval_real_checkpoints), and runs need no metrics.jsonl."""
     d = copy_runs(tmp_path, VIT)
     os.remove(d / "vit_tiny_p7_s0" / "metrics.jsonl")
@@ -142,7 +142,7 @@ def test_cli_eval_uses_checkpoint_results(tmp_path, capsys, monkeypatch):
         calls.append(os.path.basename(workdir))
         return {"loss": 0.5 + 0.01 * p ** 1.2, "accuracy": 0.9, "step": 1000}
 
-    monkeypatch.setitem(sys.modules, "pixeltok.train", types.SimpleNamespace(evaluate_checkpoint=evaluate_checkpoint))
+    monkeypatch.setitem(sys.modules, "pixeltok.evaluate", types.SimpleNamespace(evaluate_checkpoint=evaluate_checkpoint))
     rc, _, err = run_cli(["--runs", str(d), "--out", str(tmp_path / "out"), "--eval", "--n-bootstrap", "50"], capsys)
     assert rc == 0, err
     assert sorted(calls) == sorted(VIT)
