@@ -13,10 +13,18 @@ from typing import TYPE_CHECKING, Any, Mapping
 from flax import nnx, traverse_util
 
 from pixeltok import checkpoint as ckpt_lib
+from pixeltok import metrics as metrics_lib
+from pixeltok import optim
 from pixeltok.models import pretrained
 
 if TYPE_CHECKING:
     from pixeltok.train import RunPlan
+
+
+# What shapes a run's steps before a cooldown branch leaves it: must agree between a branch and its parent.
+STABLE_PHASE_KEYS = ("dataset", "max_train_examples", "train_augment", "batch_size", "seed", "lr", "lr_scale_batch",
+                     "warmup_steps", "warmup_init_lr", "wd", "b1", "b2", "grad_clip_norm", "accum_steps",
+                     "label_smoothing", "ema_decay", "schedule", "wsd_decay_fraction", "mixup_alpha", "cutmix_alpha")
 
 
 class ConfigError(ValueError):
@@ -39,11 +47,23 @@ def plan_branch(plan: RunPlan) -> tuple[str, int] | None:
     try:
         ckpt_dir, step = ckpt_lib.resolve_checkpoint(src, int(step))
         ckpt_lib.check_same_shapes(plan.config, src)
-    except ValueError as e:
+        parent = metrics_lib.read_config_json(src)
+    except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"cooldown_from: {e}") from e
-    if int(step) >= plan.config.total_steps:
-        raise ConfigError(f"cooldown_from step {step} is not before total_steps={plan.config.total_steps}")
-    return ckpt_dir, int(step)
+    c = plan.config
+    if step >= c.total_steps:
+        raise ConfigError(f"cooldown_from step {step} is not before total_steps={c.total_steps}")
+    # A branch is a fresh run of its own length only if everything that shaped the shared phase is the same...
+    for key in STABLE_PHASE_KEYS:
+        if key in parent and parent[key] != c.to_dict().get(key):
+            raise ConfigError(f"cooldown_from: the parent run has {key}={parent[key]!r} but this run "
+                              f"{key}={c.to_dict().get(key)!r}; a cooldown branch must share the parent's recipe")
+    # ... and it leaves the parent exactly where its own WSD decay starts (where the two schedules part).
+    if c.schedule == "wsd" and step != optim.wsd_decay_start(c.total_steps, c.wsd_decay_fraction):
+        raise ConfigError(f"cooldown_from step {step} is not this run's WSD decay start "
+                          f"{optim.wsd_decay_start(c.total_steps, c.wsd_decay_fraction)} (total_steps="
+                          f"{c.total_steps}, wsd_decay_fraction={c.wsd_decay_fraction})")
+    return ckpt_dir, step
 
 
 def plan_init_from(plan: RunPlan) -> tuple[str, int, dict] | None:

@@ -412,6 +412,10 @@ def test_log_eval_schedule_and_cooldown_branch_equals_fresh_wsd_run(tmp_path):
     from pixeltok import config_utils
     assert sorted(config_utils.eval_steps(ml_collections.ConfigDict({"eval_schedule": "log:3"}), 1000)) == \
         [100, 316, 1000]
-    with pytest.raises(train.ConfigError, match="cooldown_from"):
-        train.train_and_evaluate(tiny_config(**wsd, total_steps=4, cooldown_from=f"{parent}:5"), str(tmp_path / "x"))
-    assert not os.path.exists(tmp_path / "x")
+    bad = [({"cooldown_from": f"{parent}:5"}, "not in"),                 # no such checkpoint step
+           ({"cooldown_from": f"{parent}:8", "total_steps": 12}, "not this run.s WSD decay start 6"),
+           ({"cooldown_from": f"{parent}:2", "lr": 1e-3}, "parent run has lr=")]
+    for overrides, needle in bad:
+        with pytest.raises(train.ConfigError, match=needle):
+            train.train_and_evaluate(tiny_config(**{**wsd, "total_steps": 4, **overrides}), str(tmp_path / "x"))
+        assert not os.path.exists(tmp_path / "x")
