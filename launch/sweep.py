@@ -11,7 +11,7 @@ Extra `--config.KEY=VALUE` flags are appended to every run (after the run's own 
 
 Finished runs: the sweep writes `<workdir>/DONE` (JSON: command, seconds) after a run exits with status 0, and
 skips workdirs that have it. A run that failed or was interrupted has no DONE; the next sweep reruns the same command,
-which resumes from the run's latest checkpoint (CONTRACT §3). A failed run does not stop the sweep; failures are
+which resumes from the run's latest checkpoint (docs/architecture.md). A failed run does not stop the sweep; failures are
 listed at the end and the exit status is 1. Each run's stdout+stderr go to `<workdir>/sweep.log`.
 `--dry-run` prints the command of every unfinished run, one per line (skipped runs are noted on stderr).
 

@@ -23,10 +23,10 @@ N d_state, H heads, h SwiGLU/MLP hidden, Q chunk, c compute-dtype bytes, f = 4 f
     `cudnn`/flash and `chunked` only the log-sum-exp (heads floats).
   With a `dots*` remat policy only the matmul outputs among these are kept.
 * **across the backward pass**: no remat → all blocks' saved activations; remat (`nothing_saveable`/`full`) → the
-  block inputs only, depth·T·d·f (adventurer.md §9).
+  block inputs only, depth·T·d·f (docs/ssd.md).
 * **working set** of the block being differentiated: its saved activations again for their cotangents, and once more
   when remat recomputes them (remat: 2×, no remat: 1×).
-* **transient** of that block: SSD (adventurer.md §8) ≈ 6 (Q, Q)-per-chunk float32 decay/score tensors live in
+* **transient** of that block: SSD (docs/ssd.md) ≈ 6 (Q, Q)-per-chunk float32 decay/score tensors live in
   the backward of the rematerialised intra-chunk step → 6·T·Q·H·f + 2·T·Q·G·f (C·Bᵀ and its cotangent);
   ViT `xla` attention: scores, probabilities and their two cotangents, 4·heads·T²·f; flash: ~0.
 * **embed/head**: image, patch tokens and their cotangents ≈ H·W·C·f + 3·T·d·f per image.
@@ -217,7 +217,7 @@ def estimate(model_name: str, patch_size: int, image_size: int, *, batch: int = 
 
 
 def count_params_abstract(model_name: str, patch_size: int, image_size: int, **kwargs) -> int:
-    """Parameter count without allocating: `nnx.eval_shape` of create_model (CONTRACT §2)."""
+    """Parameter count without allocating: `nnx.eval_shape` of create_model (docs/architecture.md)."""
     from flax import nnx
     from pixeltok.models import count_params, create_model
     return count_params(nnx.eval_shape(lambda: create_model(model_name, patch_size, image_size, **kwargs)))

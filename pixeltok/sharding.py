@@ -3,7 +3,7 @@
 Mesh: `config.mesh` maps axis names to sizes, e.g. `{"data": -1, "fsdp": 1}`; -1 takes the remaining devices. Axes
 are laid out in the canonical order `data, fsdp, seq, model` (then any other names, sorted): ConfigDict sorts its keys,
 so the mapping's own order cannot be trusted, and the data axis is kept outermost (it is the one that may span hosts).
-All axes are `AxisType.Auto` so that `with_sharding_constraint` and GSPMD propagation work (jax_stack.md §1).
+All axes are `AxisType.Auto` so that `with_sharding_constraint` and GSPMD propagation work.
 
 The `seq` axis is sequence parallelism (docs/sharding.md): one image's tokens are split over it between the
 embedding and the head (`pixeltok.ops.seq_parallel`; the models switch to it when the ambient mesh of

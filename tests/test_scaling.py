@@ -1,4 +1,4 @@
-"""pixeltok.scaling fits against known synthetic laws (scaling_fit.md): recovery, coverage, comparison, frontier."""
+"""pixeltok.scaling fits against known synthetic laws (docs/scaling.md): recovery, coverage, comparison, frontier."""
 
 import json
 
@@ -12,7 +12,7 @@ from pixeltok.scaling.frontier import compute_frontier
 from pixeltok.scaling.joint import fit_joint
 
 P5 = np.array([16.0, 8.0, 4.0, 2.0, 1.0])
-TRUE = {"E": 0.63, "A": 0.007, "alpha": 0.9}        # scaling_fit.md §8's example law
+TRUE = {"E": 0.63, "A": 0.007, "alpha": 0.9}        # the example law of docs/scaling.md
 
 
 def law(p, E=TRUE["E"], A=TRUE["A"], alpha=TRUE["alpha"]):

@@ -1,4 +1,4 @@
-"""`python -m pixeltok.scaling` on run workdirs (CONTRACT §3/§4), bad input, --eval, and the notebooks."""
+"""`python -m pixeltok.scaling` on run workdirs (docs/architecture.md), bad input, --eval, and the notebooks."""
 
 import filecmp
 import json

@@ -130,7 +130,7 @@ class FashionMnistIdx(_LocalBuilder, skip_registration=True):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        # DatasetInfo built directly: `dataset_info_from_configs` needs a package dir (jax_stack.md §6).
+        # DatasetInfo built directly: `dataset_info_from_configs` needs a package dir.
         # BYTES encoding stores the raw 784 bytes (the default stores an int64 list: 2x larger, 1.6x slower to read).
         return tfds.core.DatasetInfo(
             builder=self,

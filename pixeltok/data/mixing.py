@@ -1,4 +1,5 @@
-"""Mixup / CutMix in timm's "batch" mode (paper.md §3.2: mixup 0.8, cutmix 1.0, switch prob 0.5, prob 1.0).
+"""Mixup / CutMix in timm's "batch" mode (the paper's recipe, docs/paper_targets.md: mixup 0.8, cutmix 1.0,
+switch prob 0.5, prob 1.0).
 
 One lambda per batch; the partner of example i is example b-1-i (the batch reversed). CutMix pastes the partner's box
 and corrects lambda to the box area actually pasted after clipping at the borders. Labels become

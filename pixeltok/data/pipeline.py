@@ -10,7 +10,7 @@ exactly. Augmentation seeds also depend on `process_index` so that processes do 
 
 Worker processes (`config.num_workers > 0`, `mp_prefetch`): grain *spawns* them, so the entry script needs an
 `if __name__ == "__main__":` guard, and absl flags must be parsed before the first batch, else grain fails with
-UnparsedFlagAccessError (jax_stack.md §5): under `absl.app.run(main)` they are; otherwise `make_train_dataset` marks
+UnparsedFlagAccessError: under `absl.app.run(main)` they are; otherwise `make_train_dataset` marks
 them parsed (grain's flag defaults apply). All transforms here are module-level picklable classes; a "leaked
 shared_memory" warning at exit is harmless. Workers pay off for JPEG decoding (ImageNet, image folders); for
 Fashion-MNIST the in-process threads are faster (no inter-process copies). With `num_workers == 0` batches are
@@ -182,7 +182,7 @@ def make_train_dataset(config, *, num_classes: int, process_index: int = 0, proc
                            seed=_derive_seed(config.seed, 2, process_index))
     it = ds.to_iter_dataset(_read_options(config))
     if config.num_workers > 0:
-        if not flags.FLAGS.is_parsed():  # grain reads absl flags in its workers (jax_stack.md §5); use defaults
+        if not flags.FLAGS.is_parsed():  # grain reads absl flags in its workers; use defaults
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.num_workers)))
     return it

@@ -4,7 +4,7 @@ Per-example functions take a uint8 `(H, W, C)` array or encoded bytes and a `np.
 `(n, H, W, C)` uint8 arrays. All randomness comes from the generator grain hands to `random_map`, so the pipeline is
 deterministic and resume-safe.
 
-Rules (paper.md §3.2 and the brief):
+Rules (the paper's recipe, docs/paper_targets.md):
 * eval: resize the shorter side to `int(S / crop_ratio)` (bicubic) and center-crop `S`. Small images: when the image
   fits inside `S x S` (native size <= target) and `small_image_mode == "pad"`, it is zero-padded (centered) instead,
   e.g. Fashion-MNIST 28 -> 32 pads 2 px each side; `small_image_mode == "resize"` always resizes.

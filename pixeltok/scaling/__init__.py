@@ -1,4 +1,4 @@
-"""Scaling-law fits of loss against patch size (CONTRACT §4, reference/scaling_fit.md).
+"""Scaling-law fits of loss against patch size (method: docs/scaling.md).
 
 `fit_power_law(patch_sizes, losses)` fits L(p) = E + A·p^α with bootstrap intervals; `python -m pixeltok.scaling`
 fits run workdirs and writes fit.json, plots and summary.md.

@@ -1,4 +1,4 @@
-"""Bootstrap uncertainty for L = E + A·p^α (scaling_fit.md §4).
+"""Bootstrap uncertainty for L = E + A·p^α (docs/scaling.md).
 
 Every scheme is expressed on the fixed design of the original points as (losses, case weights) per resample, so both
 estimators refit all resamples in a vectorised way:

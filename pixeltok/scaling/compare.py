@@ -1,4 +1,4 @@
-"""Model comparison by AIC / BIC / AICc on the log-loss scale (scaling_fit.md §6).
+"""Model comparison by AIC / BIC / AICc on the log-loss scale (docs/scaling.md).
 
 Three families, each fitted by least squares on log L (the Gaussian likelihood the criteria assume):
 - "main":      L = E + A·p^α              (k = 3)

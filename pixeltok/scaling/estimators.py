@@ -1,4 +1,4 @@
-"""The two estimators for L = E + A·x^α (scaling_fit.md §2, §3), float64 NumPy/SciPy.
+"""The two estimators for L = E + A·x^α (docs/scaling.md), float64 NumPy/SciPy.
 
 Both work on a generic positive abscissa x given as `logx` (x = patch size p for the main law; x = 1/T for the token
 law; see fit.py) and support several groups that share α but have their own E, A (the joint fit over model sizes).
@@ -20,7 +20,7 @@ import scipy.optimize
 from threadpoolctl import threadpool_limits
 
 DELTA = 1e-3
-# L-BFGS-B settings (scaling_fit.md §2): the objective is scaled by 1/δ and the tolerances are tight because the
+# L-BFGS-B settings (docs/scaling.md): the objective is scaled by 1/δ and the tolerances are tight because the
 # published Chinchilla fit went wrong exactly by stopping early on a badly scaled objective.
 LBFGS_OPTIONS = {"maxiter": 10_000, "ftol": 1e-15, "gtol": 1e-12, "maxls": 50}
 ALPHA_BOUNDS = (0.0, 10.0)
@@ -111,7 +111,7 @@ def _projected_grad(theta, grad, bounds):
 
 
 def _default_starts(lx, L, gid, n_groups):
-    """Grid of initialisations in centred coordinates (scaling_fit.md §2, made scale-free).
+    """Grid of initialisations in centred coordinates (docs/scaling.md, made scale-free).
 
     e ∈ log(min L_g) + log{0.5, 0.8, 0.9, 0.95, 0.99}; α ∈ {0.1, 0.5, 1, 1.5, 2, 3}; the amplitude at the largest x,
     a' = log(max L_g − E_g) + {−2, −1, 0, 1} (the reference's absolute a ∈ {−10..0} rescaled to the data), plus one

@@ -1,6 +1,6 @@
 """`fit_power_law`: L(p) = E + A·p^α with bootstrap intervals, cross-check, comparison and held-out validation.
 
-Method: `reference/scaling_fit.md`. Primary estimator LSE-Huber (δ = 1e-3) by L-BFGS-B from a grid of starts;
+Method: `docs/scaling.md`. Primary estimator LSE-Huber (δ = 1e-3) by L-BFGS-B from a grid of starts;
 cross-check by variable projection; percentile bootstrap (residual / stratified / case); AIC/BIC/AICc against the
 pure power law and the log-linear law; the smallest patch size held out and predicted. Everything float64, unrounded.
 """
@@ -154,7 +154,7 @@ class FitResult:
         return int(np.unique(self.patch_sizes).size - N_PARAMS)
 
     def to_dict(self) -> dict:
-        """JSON-serialisable, unrounded record of the fit (scaling_fit.md §7), inputs included."""
+        """JSON-serialisable, unrounded record of the fit (docs/scaling.md), inputs included."""
         ps = np.unique(self.patch_sizes)
         lo95, hi95 = self.predict_interval(ps, 0.95)
         lo80, hi80 = self.predict_interval(ps, 0.80)
@@ -198,7 +198,7 @@ class FitResult:
 def profile_over_E(patch_sizes, losses, E_hat: float, *, delta=estimators.DELTA, theta_hat=None) -> list:
     """Huber objective minimised over (A, α) with E fixed on a grid in [0, min L): [[E, objective, A, α], ...].
 
-    A flat profile down to E = 0 or up to min L means E is not identified by the data (scaling_fit.md §4).
+    A flat profile down to E = 0 or up to min L means E is not identified by the data (docs/scaling.md).
     """
     import scipy.optimize
     p = np.asarray(patch_sizes, np.float64)
@@ -237,7 +237,7 @@ def profile_over_E(patch_sizes, losses, E_hat: float, *, delta=estimators.DELTA,
 
 
 def _heldout(p, L, names, seeds, *, n_bootstrap, seed, bootstrap, delta) -> dict:
-    """Fits without the smallest patch size and predicts it (scaling_fit.md §5, the headline number)."""
+    """Fits without the smallest patch size and predicts it (docs/scaling.md, the headline number)."""
     pmin = float(p.min())
     keep = p != pmin
     if np.unique(p[keep]).size < N_PARAMS:
@@ -295,7 +295,7 @@ def fit_power_law(patch_sizes: Sequence[float], losses: Sequence[float], n_boots
                   delta: float = estimators.DELTA, heldout: bool | str = "auto", image_size: float | None = None,
                   compare: bool = True, profile: bool = True, max_starts: int = 24,
                   loss_name: str = "loss") -> FitResult:
-    """Fits L(p) = E + A·p^α (scaling_fit.md): LSE-Huber L-BFGS, VarPro cross-check, bootstrap intervals.
+    """Fits L(p) = E + A·p^α (docs/scaling.md): LSE-Huber L-BFGS, VarPro cross-check, bootstrap intervals.
 
     Args:
       patch_sizes, losses: (n,) one entry per run; repeated patch sizes (seeds) allowed.

@@ -1,6 +1,6 @@
-"""Reading run workdirs (CONTRACT §3): `config.json` and `metrics.jsonl` → one record per run.
+"""Reading run workdirs (docs/architecture.md): `config.json` and `metrics.jsonl` → one record per run.
 
-A run is the data unit of a scaling fit (scaling_fit.md §1). Errors name the run and what would be valid.
+A run is the data unit of a scaling fit (docs/scaling.md). Errors name the run and what would be valid.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Joint fit over model sizes: a shared patch exponent α with per-size E_s, A_s.
 
-L_s(p) = E_s + A_s·p^α. With two model sizes the 5-parameter law E + A·N^(−a) + B·p^b of scaling_fit.md §1 is not
+L_s(p) = E_s + A_s·p^α. With two model sizes the 5-parameter law E + A·N^(−a) + B·p^b of docs/scaling.md is not
 identifiable (E + A·N^(−a) takes two values with three parameters), so the shared-α form is what two or more sizes
 can pin down; comparing α_joint with the per-size α tests whether the patch exponent depends on model size.
 Same estimator (LSE-Huber, L-BFGS) and bootstrap schemes as `fit_power_law`.

@@ -1,4 +1,4 @@
-"""summary.md: readable tables generated from the unrounded fits (scaling_fit.md §8: rounding only here)."""
+"""summary.md: readable tables generated from the unrounded fits (docs/scaling.md: rounding only here)."""
 
 from __future__ import annotations
 

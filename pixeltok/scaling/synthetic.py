@@ -1,6 +1,7 @@
 """SYNTHETIC run workdirs from a known law, for tests and the notebook fallback (no training involved).
 
-Writes `config.json` + `metrics.jsonl` in the workdir format of CONTRACT §3 for each (model, patch size, seed):
+Writes `config.json` + `metrics.jsonl` in the run-workdir format of docs/architecture.md for each
+(model, patch size, seed):
 final eval loss = (E + A·p^α)·exp(ε), ε ~ N(0, noise²) in log space; the eval curve decays to it as
 L(t) = L_final·(1 + c·((T/t)^0.5 − 1)); FLOPs = train_flops_per_image × batch × step with train FLOPs per image
 ∝ tokens. Every config carries `"synthetic": true` and the generating law so nothing mistakes it for a result.
