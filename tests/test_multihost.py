@@ -1,6 +1,6 @@
 """Two processes on localhost (jax.distributed, CPU collectives, 2 virtual devices each) run the quickstart CLI and
 match one process with 4 devices (same global batch); the checkpoint is written once per step and the 2-process run
-resumes from it (the multi-process recipe of docs/sharding.md, started through pixeltok.distributed's PIXELTOK_* variables).
+resumes from it (started through pixeltok.distributed's PIXELTOK_* variables, as launch/README.md describes).
 """
 
 import json
