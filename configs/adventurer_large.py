@@ -36,75 +36,31 @@ Deviations: stage 3's RandAugment and stages 1-2's repeated augmentation are not
 uses RandomResizedCrop + flip + mixup/cutmix). Layer-wise lr decay (0.9 / 0.95, stages 2-3) is not implemented.
 """
 
-from pixeltok import config_utils, recipes
+from pixeltok import config_utils
+
+# The Adventurer-Base recipe (configs/adventurer_base.py) with the Large column of Tables 8-10: a 4x larger batch,
+# betas (0.9, 0.95), stronger weight decay, fewer but longer-warmed epochs, a longer finetune.
+adventurer_base = config_utils.sibling_config(__file__, "adventurer_base")
 
 
 def get_config(arg=None):
-    a = config_utils.parse_arg(arg, patch=16, res=224, stage="pretrain")
-    recipes.check_patch_res(a.patch, a.res)
-    recipes.check_stage(a.stage, a.res)
-    c = config_utils.base_config()
-
-    # Model: Adventurer-Large (width 1024, depth 24); patch size and resolution from the argument.
-    c.model_name = "adventurer_large"
-    c.patch_size = a.patch
-    c.image_size = a.res
-    c.model.flip_rule = "alternate"              # the paper's text; "released_code" flips only layers 2 and 3
-    c.model.drop_path_schedule = "released_code" # the official [0] + linspace(0, rate, depth) off-by-one
-    c.dtype = "bfloat16"                         # the official runs use bf16 autocast; params stay float32
-    c.remat = recipes.long_sequence_remat(a.patch, a.res)   # per-block remat from 4,096 patches up
-
-    # Data: ImageNet-1k train / validation, eval crop by the official README's rule.
-    recipes.imagenet_data(c, patch=a.patch, res=a.res)
-
-    # Optimiser, the same in every stage: AdamW, base lr scaled by batch/512, warmup from 1e-6, cosine to 1e-5.
-    c.b1 = 0.9
+    c = adventurer_base.get_config(arg)
+    c.model_name = "adventurer_large"            # width 1024, depth 24
     c.b2 = 0.95                                  # Large: betas (0.9, 0.95) in every stage
-    c.lr_scale_batch = 512
-    c.warmup_init_lr = 1e-6
-    c.end_lr = 1e-5
-
-    # Augmentation, the same in every stage: RandomResizedCrop + flip, and mixup 0.8 / cutmix 1.0 on every batch
-    # (the official code never turns them off, although the paper's tables do not list them).
-    c.train_augment = "rrc"
-    c.mixup_alpha = 0.8
-    c.cutmix_alpha = 1.0
-    c.mix_switch_prob = 0.5
-    c.mix_prob = 1.0
-
-    c.stage = a.stage
-    if a.stage == "pretrain":          # stage 1 (Table 8, Large column): 200 epochs from scratch at 64 or 128
+    if c.stage == "pretrain":          # stage 1: 200 epochs from scratch at 64 or 128
         c.batch_size = 4096
         c.lr = 2e-4                    # x 4096/512: 1.6e-3 effective
         c.wd = 0.3
         c.num_epochs = 200.0
         c.warmup_epochs = 20.0
         c.model.drop_path = 0.2
-        c.three_augment = True         # DeiT-III 3-Augment replaces the usual transform in stages 1-2
-        c.label_smoothing = 0.0
-    elif a.stage == "intermediate":    # stage 2 (Table 9, Large column): 50 epochs at 224, from stage 1 at 128
+    elif c.stage == "intermediate":    # stage 2: 50 epochs at 224, from stage 1 at 128
         c.batch_size = 4096
         c.lr = 8e-4
         c.wd = 0.3
         c.num_epochs = 50.0
         c.warmup_epochs = 20.0
-        c.model.drop_path = 0.4
-        c.three_augment = True
-        c.label_smoothing = 0.0
-    else:                              # stage 3 (Table 10, Large column): 50-epoch finetune from the previous stage
-        c.batch_size = 512
-        c.lr = 2e-5
-        c.lr_scale_batch = 0           # "unscale-lr": 2e-5 as given
-        c.wd = 0.1
+    else:                              # stage 3: 50-epoch finetune from the previous stage
+        c.lr = 2e-5                    # "unscale-lr": 2e-5 as given
         c.num_epochs = 50.0
-        c.warmup_epochs = 5.0
-        c.model.drop_path = 0.6
-        c.three_augment = False
-        c.label_smoothing = 0.1        # folded into the mixup targets
-    c.init_from = ""                   # stages 2 and 3: --config.init_from=<the previous stage's workdir>
-
-    # Loop: ~310 steps per epoch at batch 4096 (~2,500 at the finetune's 512).
-    c.eval_every_steps = 5000
-    c.checkpoint_every_steps = 2500
-    c.log_every_steps = 100
     return c

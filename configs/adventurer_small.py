@@ -37,75 +37,16 @@ Deviations: stage 3's RandAugment and stages 1-2's repeated augmentation are not
 uses RandomResizedCrop + flip + mixup/cutmix).
 """
 
-from pixeltok import config_utils, recipes
+from pixeltok import config_utils
+
+# The Adventurer-Base recipe, written out in configs/adventurer_base.py: Small runs it unchanged but for its size
+# and its drop-path rates.
+adventurer_base = config_utils.sibling_config(__file__, "adventurer_base")
+DROP_PATH = {"pretrain": 0.1, "intermediate": 0.2, "finetune": 0.4}     # Tables 8-10, Small column
 
 
 def get_config(arg=None):
-    a = config_utils.parse_arg(arg, patch=16, res=224, stage="pretrain")
-    recipes.check_patch_res(a.patch, a.res)
-    recipes.check_stage(a.stage, a.res)
-    c = config_utils.base_config()
-
-    # Model: Adventurer-Small (width 512, depth 12); patch size and resolution from the argument.
-    c.model_name = "adventurer_small"
-    c.patch_size = a.patch
-    c.image_size = a.res
-    c.model.flip_rule = "alternate"              # the paper's text; "released_code" flips only layers 2 and 3
-    c.model.drop_path_schedule = "released_code" # the official [0] + linspace(0, rate, depth) off-by-one
-    c.dtype = "bfloat16"                         # the official runs use bf16 autocast; params stay float32
-    c.remat = recipes.long_sequence_remat(a.patch, a.res)   # per-block remat from 4,096 patches up
-
-    # Data: ImageNet-1k train / validation, eval crop by the official README's rule.
-    recipes.imagenet_data(c, patch=a.patch, res=a.res)
-
-    # Optimiser, the same in every stage: AdamW, base lr scaled by batch/512, warmup from 1e-6, cosine to 1e-5.
-    c.b1 = 0.9
-    c.b2 = 0.999
-    c.lr_scale_batch = 512
-    c.warmup_init_lr = 1e-6
-    c.end_lr = 1e-5
-
-    # Augmentation, the same in every stage: RandomResizedCrop + flip, and mixup 0.8 / cutmix 1.0 on every batch
-    # (the official code never turns them off, although the paper's tables do not list them).
-    c.train_augment = "rrc"
-    c.mixup_alpha = 0.8
-    c.cutmix_alpha = 1.0
-    c.mix_switch_prob = 0.5
-    c.mix_prob = 1.0
-
-    c.stage = a.stage
-    if a.stage == "pretrain":          # stage 1 (Table 8): 300 epochs from scratch at 64 or 128
-        c.batch_size = 1024
-        c.lr = 5e-4                    # x 1024/512: 1e-3 effective
-        c.wd = 0.05
-        c.num_epochs = 300.0
-        c.warmup_epochs = 5.0
-        c.model.drop_path = 0.1
-        c.three_augment = True         # DeiT-III 3-Augment replaces the usual transform in stages 1-2
-        c.label_smoothing = 0.0
-    elif a.stage == "intermediate":    # stage 2 (Table 9): 100 epochs at 224, from the stage-1 run at 128
-        c.batch_size = 1024
-        c.lr = 5e-4
-        c.wd = 0.05
-        c.num_epochs = 100.0
-        c.warmup_epochs = 5.0
-        c.model.drop_path = 0.2
-        c.three_augment = True
-        c.label_smoothing = 0.0
-    else:                              # stage 3 (Table 10): 20-epoch finetune at res, from the previous stage
-        c.batch_size = 512
-        c.lr = 1e-5
-        c.lr_scale_batch = 0           # "unscale-lr": 1e-5 as given, = end_lr, so the lr is flat after warmup
-        c.wd = 0.1
-        c.num_epochs = 20.0
-        c.warmup_epochs = 5.0
-        c.model.drop_path = 0.4
-        c.three_augment = False
-        c.label_smoothing = 0.1        # folded into the mixup targets
-    c.init_from = ""                   # stages 2 and 3: --config.init_from=<the previous stage's workdir>
-
-    # Loop: ~1,250 steps per epoch at batch 1024.
-    c.eval_every_steps = 5000
-    c.checkpoint_every_steps = 2500
-    c.log_every_steps = 100
+    c = adventurer_base.get_config(arg)
+    c.model_name = "adventurer_small"            # width 512, depth 12
+    c.model.drop_path = DROP_PATH[c.stage]
     return c

@@ -27,51 +27,13 @@ Deviation: DeiT's RandAugment, random erasing and repeated augmentation are not 
 (DeiT-III) replaces them, as in Adventurer's stages 1-2. bf16 compute.
 """
 
-from pixeltok import config_utils, recipes
+from pixeltok import config_utils
+
+# The DeiT recipe, written out in configs/vit_base.py: ViT-Small runs it unchanged but for its size.
+vit_base = config_utils.sibling_config(__file__, "vit_base")
 
 
 def get_config(arg=None):
-    a = config_utils.parse_arg(arg, patch=16, res=224)
-    recipes.check_patch_res(a.patch, a.res)
-    c = config_utils.base_config()
-
-    # Model: ViT-Small in the DeiT layout (width 384, depth 12, 6 heads, cls first).
-    c.model_name = "vit_small"
-    c.patch_size = a.patch
-    c.image_size = a.res
-    c.model.drop_path = 0.1
-    c.model.drop_path_schedule = "linear"        # timm's usual rate * i / (depth - 1)
-    c.dtype = "bfloat16"                         # bf16 matmuls; params and residual stream stay float32
-    c.remat = recipes.long_sequence_remat(a.patch, a.res)   # per-block remat from 4,096 patches up
-
-    # Data: ImageNet-1k train / validation, eval crop by the official README's rule.
-    recipes.imagenet_data(c, patch=a.patch, res=a.res)
-
-    # Optimiser, the DeiT recipe: base lr 5e-4 x batch/512, warmup from 1e-6, cosine to 1e-5.
-    c.batch_size = 1024
-    c.lr = 5e-4
-    c.lr_scale_batch = 512
-    c.wd = 0.05
-    c.b1 = 0.9
-    c.b2 = 0.999
-    c.num_epochs = 300.0
-    c.warmup_epochs = 5.0
-    c.warmup_init_lr = 1e-6
-    c.end_lr = 1e-5
-    c.ema_decay = 0.0                            # DeiT reports the raw model
-
-    # Augmentation: RandomResizedCrop + flip + 3-Augment (in place of DeiT's RandAugment / random erasing, which
-    # pixeltok lacks), label smoothing 0.1, mixup 0.8 / cutmix 1.0 on every batch.
-    c.train_augment = "rrc"
-    c.three_augment = True
-    c.label_smoothing = 0.1
-    c.mixup_alpha = 0.8
-    c.cutmix_alpha = 1.0
-    c.mix_switch_prob = 0.5
-    c.mix_prob = 1.0
-
-    # Loop.
-    c.eval_every_steps = 5000
-    c.checkpoint_every_steps = 2500
-    c.log_every_steps = 100
+    c = vit_base.get_config(arg)
+    c.model_name = "vit_small"                   # width 384, depth 12, 6 heads, cls first
     return c

@@ -68,6 +68,18 @@ def typed_value(key: str, value: str, default):
     return value
 
 
+def sibling_config(this_file: str, name: str):
+    """The config module `name` (e.g. "adventurer_base") next to `this_file`, loaded by path: how one config file
+    builds on another (config files are loaded by path, not imported as a package)."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.abspath(this_file)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"pixeltok_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The defaults shared by every config file (the paper's Adventurer stage-1 recipe where it has one)."""
     c = ml_collections.ConfigDict()
