@@ -23,3 +23,15 @@ def perturb_(module: nn.Module, seed: int = 0, scale: float = 0.5) -> nn.Module:
         noise = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
         p.add_(scale * max(std, 0.05) * noise)
     return module
+
+
+class PatchEmbed(nn.Module):
+    """timm's / the official codes' patch embedding: a p x p stride-p Conv2d, tokens row-major (key `proj`)."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.num_patches = (img_size // patch_size) ** 2
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torch_reference import PatchEmbed
+
 
 class RMSNorm(nn.Module):
     """mamba_ssm's RMSNorm: weight only (no bias), computed in float32."""
@@ -108,16 +110,6 @@ class Block(nn.Module):
         x = torch.cat([x[:, :-1].flip(1), x[:, -1:]], dim=1) if flip else x
         hidden_states = hidden_states + x
         return hidden_states + self.mlp(self.norm_mlp(hidden_states))
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
-        super().__init__()
-        self.num_patches = (img_size // patch_size) ** 2
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 class Adventurer(nn.Module):
