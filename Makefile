@@ -50,3 +50,13 @@ $(TORCH_STAMP):
 	$(PYTHON) -m venv $(VENV_TORCH)
 	$(VENV_TORCH)/bin/pip install -q torch==2.13.0 'numpy>=2,<3'
 	touch $(TORCH_STAMP)
+
+# `make sweep`: the compute-frontier sweep (hours on 2 cores; rerunning continues it: finished runs are skipped,
+# interrupted ones resume), then its analysis into reports/patch_frontier/.
+SWEEP      ?= configs/sweeps/patch_frontier.py
+SWEEP_ROOT ?= runs/patch_frontier
+SWEEP_OUT  ?= reports/patch_frontier
+
+sweep: install data
+	$(PY) launch/sweep.py --sweep $(SWEEP) --root $(SWEEP_ROOT)
+	$(PY) -m pixeltok.scaling --runs $(SWEEP_ROOT) --out $(SWEEP_OUT) --frontier
