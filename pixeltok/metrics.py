@@ -223,7 +223,7 @@ def progress(examples: int, tokens_per_image: int, train_flops_per_image: float)
 def log_train(writer: MetricWriter, chrono: Chrono, step: int, device_metrics: Mapping[str, Any], *,
               progress: Mapping[str, Any], log=print) -> float:
     """Writes and prints the train record of `step` from the step's device metrics (loss, lr, grad_norm) and the
-    chrono's throughput; returns the loss. The trainer calls it one log step late so the device never waits."""
+    chrono's throughput; returns the loss. The trainer calls it one step late so the device never waits."""
     import jax   # the rest of this module is usable without jax (scaling reads metrics.jsonl)
     m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     timing = chrono.tick(step)

@@ -345,7 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 do_eval = step in eval_at
                 do_save = config_utils.every(step, cfg.checkpoint_every_steps) or step in keep_at or \
                     step == total or stop_now
-                # Train records are read one log step late (the device is busy with this step meanwhile), at once
+                # Train records are read one step late (the device is busy with the next step meanwhile), at once
                 # before an eval or save. A diverged run writes no record, eval or checkpoint past the last good one.
                 if pending is not None:
                     raise_if_diverged(first_bad, last_saved, workdir)
