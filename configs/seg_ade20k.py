@@ -30,8 +30,9 @@ A100-hours for 160k x 16 images at ~100 TFLOP/s sustained:
     Adventurer-Base             0.628   2.51    10.0    40.1   |          4    18    71   285
     ViT-Tiny                   0.0619  0.595    7.95     121   |          0     4    57   859
     ViT-Base                    0.639   3.95    38.1     508   |          5    28   271  3616
-The per-pixel logits (B x 512 x 512 x 150 float32, ~150 MiB per image with their cotangent) are the same at every
-patch size; `python -m pixeltok.memory --config=configs/seg_ade20k.py:p2` prints the estimate.
+The per-pixel logits (512 x 512 x 150 float32 = 150 MiB per image, x3 with log-softmax and cotangent: 7.0 GiB at
+batch 16) are the same at every patch size: more than half of Adventurer-Tiny's 13.2 GiB estimate at p16, 7 % of
+its 102 GiB at p2 (`python -m pixeltok.memory --config=configs/seg_ade20k.py:pN`).
 
 Targets, ADE20k val mIoU % for p16 / p8 / p4 / p2 (decoder-free, Table 2 of the paper; docs/paper_targets.md):
   Adventurer-Tiny 40.0 / 41.6 / 42.1 / 42.5 (UperNet at p16: 41.3)

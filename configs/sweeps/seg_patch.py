@@ -1,8 +1,8 @@
 """Segmentation patch-size sweep on the embedded fashion_mnist_seg set (decoder-free linear head), both architectures.
 
-    python launch/sweep.py --sweep configs/sweeps/seg_patch.py --root runs/seg_patch --config.data_dir=data/tfds
-    python -m pixeltok.scaling --runs runs/seg_patch/adventurer_p* --out reports/seg_patch/adventurer
-    python reports/seg_patch/fit_miou.py --root runs/seg_patch --out reports/seg_patch     # mIoU fits + figure
+    python launch/sweep.py --sweep configs/sweeps/seg_patch.py --root runs/seg_patch
+    python reports/seg_patch/make_report.py --root runs/seg_patch --out reports/seg_patch
+(make_report.py writes runs.csv and the figure and runs `python -m pixeltok.scaling` on the loss and on 1 - mIoU.)
 
 Grid: {adventurer, vit} x patch {16, 8, 4, 2, 1} x seed {0, 1} = 20 runs named `<arch>_p<P>_s<seed>`, plus
 `adventurer_p16_shuffle_s0` (the pixel_shuffle head at the largest patch). One recipe for every point: width 32,
