@@ -4,7 +4,8 @@ Argument: `pN,res=R,stage=S` — N in 16, 8, 4, 2, 1 (any divisor of R), R in 64
 S in pretrain | intermediate | finetune (default pretrain). Data: `--config.data_dir` holding the TFDS imagenet2012
 ArrayRecord build (pixeltok never downloads it). Other resolutions are accepted for stages 1 and 3 and for
 evaluation, e.g. `p16,res=448` (the paper's Adv-B/16 at 448) or `p1,res=448` (the eval crop ratio is 1.0 above
-224); stage 2 runs at 224 only.
+224); stage 2 runs at 224 only. `p1,res=448` (200,706 tokens) with `--config.mesh.seq=8`: 5.52 GiB per device for
+the compiled loss + gradients, 8.34 GiB with the gradients and AdamW state (docs/sharding.md).
 
 Commands (224² route: stage 1 at 128, 100 epochs at 224, 20-epoch finetune; 64² is stage 1 only, 128² is stage 1 +
 finetune at 128):
