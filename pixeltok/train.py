@@ -226,6 +226,8 @@ def evaluate(plan: RunPlan, step_fn, model_state, params=None) -> tuple[dict, di
         if 0 <= plan.config.eval_max_batches <= i:
             break
         out = jax.device_get(step_fn(model_state, params, put_batch(plan.mesh, batch)))
+        # Totals in 64 bits: int32 pixel counts of a large split would overflow, float32 sums lose digits.
+        out = jax.tree.map(lambda x: np.asarray(x, np.int64 if np.issubdtype(x.dtype, np.integer) else np.float64), out)
         sums = out if sums is None else jax.tree.map(np.add, sums, out)
     return plan.task.summarize(sums), plan.task.artifacts(sums)
 

@@ -419,3 +419,9 @@ def test_log_eval_schedule_and_cooldown_branch_equals_fresh_wsd_run(tmp_path):
         with pytest.raises(train.ConfigError, match=needle):
             train.train_and_evaluate(tiny_config(**{**wsd, "total_steps": 4, **overrides}), str(tmp_path / "x"))
         assert not os.path.exists(tmp_path / "x")
+
+
+def test_classification_task_rejects_dense_data():
+    """A segmentation data set under the classification task is one clear ConfigError, before anything runs."""
+    with pytest.raises(train.ConfigError, match="holds per-pixel labels; use --config.task=segmentation"):
+        train.plan_run(tiny_config(dataset="fashion_mnist_seg"))

@@ -21,6 +21,9 @@ class Classification(Task):
     best_metric = "accuracy"
 
     def check_config(self, config, info) -> None:
+        if getattr(info, "dense", False):
+            raise ValueError(f"dataset={config.dataset!r} holds per-pixel labels; use --config.task=segmentation "
+                             "or a classification data set")
         head = config.model.get("head_type", "classification") if config.get("model") is not None else None
         if head not in (None, "classification"):
             raise ValueError(f"model.head_type={head!r} does not fit task 'classification'; valid: classification")
