@@ -21,6 +21,7 @@ from flax import nnx, traverse_util
 from PIL import Image
 
 from pixeltok import checkpoint as ckpt_lib
+from pixeltok import config_utils
 from pixeltok import evaluate, models, train, warm_start
 from pixeltok import metrics as metrics_lib
 
@@ -51,11 +52,7 @@ def seg_config(arg="p4,width=32,depth=2,dstate=16,chunk=32", **overrides) -> ml_
     c.checkpoint_every_steps = 2
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
     for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        config_utils.set_dotted(c, key, value)
     return c
 
 

@@ -19,6 +19,7 @@ import pytest
 from flax import nnx, traverse_util
 
 from pixeltok import checkpoint as ckpt_lib
+from pixeltok import config_utils
 from pixeltok import metrics as metrics_lib
 from pixeltok import evaluate, models, optim, train, warm_start
 
@@ -55,11 +56,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 2
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
     for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        config_utils.set_dotted(c, key, value)
     return c
 
 
@@ -409,7 +406,6 @@ def test_log_eval_schedule_and_cooldown_branch_equals_fresh_wsd_run(tmp_path):
     # log:3 over 4 steps: geometric points from min(100, 4) = 4 -> {4}; over 1000 steps: 100, 316, 1000.
     evals = [r["step"] for r in metrics_lib.read_metrics(fresh) if r["split"] == "eval"]
     assert evals == [4]
-    from pixeltok import config_utils
     assert sorted(config_utils.eval_steps(ml_collections.ConfigDict({"eval_schedule": "log:3"}), 1000)) == \
         [100, 316, 1000]
     bad = [({"cooldown_from": f"{parent}:5"}, "not in"),                 # no such checkpoint step
