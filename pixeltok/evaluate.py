@@ -94,6 +94,8 @@ def parse_overrides(args: Sequence[str], config: ml_collections.ConfigDict) -> d
 
 def main(argv: Sequence[str]) -> int:
     """CLI; returns the exit code (2 for bad input, printed as one line)."""
+    from absl import logging
+    logging.set_verbosity(logging.ERROR)     # Orbax's read-only-manager notices are not for the user
     workdir, step, rest = None, None, []
     for arg in argv:
         if arg.startswith("--workdir="):
