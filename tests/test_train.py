@@ -278,7 +278,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     with open(os.path.join(b, "metrics.jsonl"), "a") as f:
         f.write(json.dumps({"step": 5, "split": "train", "loss": 123.0}) + "\n")
     res_b = train.train_and_evaluate(cfg, b)
-    assert res_b["start_step"] == 2 and res_b["step"] == 6      # resumed, not restarted (that would match too)
+    assert res_b["start_step"] == 3 and res_b["step"] == 6      # resumed, not restarted (that would match too)
     ra, rb = train_records(a), train_records(b)
     assert sorted(ra) == sorted(rb) == [1, 2, 3, 4, 5, 6]
     for step in range(1, 7):
