@@ -24,6 +24,7 @@ from pixeltok import checkpoint as ckpt_lib
 from pixeltok import config_utils
 from pixeltok import evaluate, models, train, warm_start
 from pixeltok import metrics as metrics_lib
+from test_train import saved_model_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.join(tempfile.gettempdir(), "pixeltok_test_tfds")   # shared with test_train.py / test_cli.py
@@ -134,11 +135,7 @@ def test_init_from_classification_run(tmp_path):
         state = warm_start.load_init_from(s, state, plan)
         got = traverse_util.flatten_dict(jax.device_get(nnx.to_pure_dict(
             nnx.filter_state(state["model_opt"][0], nnx.Param))))
-    abstract = ckpt_lib.state_metadata(src_dir, src_step)["model"]
-    src = ckpt_lib.restore_subtree(src_dir, src_step, {"model": jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
-        abstract)})["model"]
-    src = traverse_util.flatten_dict(jax.device_get(src))
+    src = saved_model_params(src_dir, src_step)
     assert got[("head", "kernel")].shape == (32, 11) and src[("head", "kernel")].shape == (32, 10)
     np.testing.assert_array_equal(got[("head", "kernel")], fresh[("head", "kernel")])
     expect = models.resize_posemb(jnp.asarray(src[("pos_embed",)]), 8, layout="adventurer")

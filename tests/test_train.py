@@ -60,6 +60,15 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     return c
 
 
+def saved_model_params(ckpt_dir: str, step: int) -> dict:
+    """Flat {path: numpy array} of the model parameters saved at `step`, read onto one device."""
+    abstract = ckpt_lib.state_metadata(ckpt_dir, step)["model"]
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    saved = ckpt_lib.restore_subtree(ckpt_dir, step, {"model": jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), abstract)})["model"]
+    return traverse_util.flatten_dict(jax.device_get(saved))
+
+
 def train_records(workdir: str) -> dict[int, dict]:
     return {r["step"]: r for r in metrics_lib.read_metrics(workdir) if r["split"] == "train"}
 
@@ -250,11 +259,7 @@ def test_init_from_resizes_pos_embed(e2e_run, tmp_path):
         state = warm_start.load_init_from(s, state, plan)
         got = traverse_util.flatten_dict(jax.device_get(nnx.to_pure_dict(
             nnx.filter_state(state["model_opt"][0], nnx.Param))))
-    abstract = ckpt_lib.state_metadata(src_dir, src_step)["model"]
-    src = ckpt_lib.restore_subtree(src_dir, src_step, {"model": jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
-        abstract)})["model"]
-    src = traverse_util.flatten_dict(jax.device_get(src))
+    src = saved_model_params(src_dir, src_step)
     assert got[("pos_embed",)].shape == (1, 2 * 2 + 1, 64)
     expect = models.resize_posemb(jnp.asarray(src[("pos_embed",)]), 2, layout="adventurer")
     np.testing.assert_allclose(got[("pos_embed",)], np.asarray(expect), rtol=1e-6)
