@@ -168,11 +168,7 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state, data_iter=None) -> tuple[Any, dict]:
         """Restores the state into the shapes/shardings of `abstract_state` (and `data_iter` in place)."""
-        args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-        if data_iter is not None:
-            args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-        out = self._mngr.restore(step, args=ocp.args.Composite(**args))
-        return out["state"], dict(out["meta"])
+        return _restore_train_state(self._mngr, step, abstract_state, data_iter)
 
     def restore_newest_readable(self, abstract_state, data_iter=None,
                                 log: Callable[[str], None] = print) -> tuple[int, Any, dict] | None:
@@ -290,16 +286,21 @@ def restore_subtree(ckpt_dir: str, step: int, target: Mapping[str, Any]) -> Any:
 def restore_state(ckpt_dir: str, step: int, abstract_state, data_iter=None) -> tuple[Any, dict]:
     """Reads another run's full train state (and data-iterator position, into `data_iter`) without opening its
     directory for writing: how a WSD cooldown branch starts from a stable-phase checkpoint of its parent run."""
-    args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-    if data_iter is not None:
-        args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=("state", "data_iter", "meta"),
                                  options=ocp.CheckpointManagerOptions(read_only=True))
     try:
-        out = mngr.restore(step, args=ocp.args.Composite(**args))
-        return out["state"], dict(out["meta"])
+        return _restore_train_state(mngr, step, abstract_state, data_iter)
     finally:
         mngr.close()
+
+
+def _restore_train_state(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iter) -> tuple[Any, dict]:
+    """(state, meta) of `step`, the grain iterator (if given) set to the saved position in place."""
+    args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+    if data_iter is not None:
+        args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    out = mngr.restore(step, args=ocp.args.Composite(**args))
+    return out["state"], dict(out["meta"])
 
 
 def saved_param_shapes(path: str, subtree: str = "model") -> tuple[str, int, dict]:

@@ -51,8 +51,8 @@ def evaluate_checkpoint(workdir: str, step: int | str | None = None,
     try:
         ckpt_dir, ckpt_step = ckpt_lib.resolve_checkpoint(workdir, None if step == "latest" else step)
         saved = ckpt_lib.state_metadata(ckpt_dir, ckpt_step)
-        pretrained_plan = {name: traverse_util.flatten_dict(saved[name]) for name in ("model", "ema") if name in saved}
-        pretrained.plan_adaptation(pretrained_plan["model"], warm_start.model_params(plan.abstract_state),
+        saved_shapes = {name: traverse_util.flatten_dict(saved[name]) for name in ("model", "ema") if name in saved}
+        pretrained.plan_adaptation(saved_shapes["model"], warm_start.model_params(plan.abstract_state),
                                    **warm_start.adaptation_args(plan))
     except (ValueError, KeyError) as e:
         raise train.ConfigError(f"workdir {workdir!r}: {str(e).splitlines()[0]}") from e
@@ -60,13 +60,13 @@ def evaluate_checkpoint(workdir: str, step: int | str | None = None,
         eval_fn = train.make_eval_step(plan)
         model_state = jax.tree.map(lambda x: x, plan.abstract_state["model_opt"][0])
         nnx.replace_by_pure_dict(model_state, traverse_util.unflatten_dict(
-            warm_start.read_params(plan, ckpt_dir, ckpt_step, pretrained_plan["model"])))
+            warm_start.read_params(plan, ckpt_dir, ckpt_step, saved_shapes["model"])))
         scores, details = train.evaluate(plan, eval_fn, model_state)
         result = {"step": ckpt_step, "split": plan.config.eval_split, **scores}
-        if "ema" in pretrained_plan and "ema" in plan.abstract_state:
+        if "ema" in saved_shapes and "ema" in plan.abstract_state:
             ema = jax.tree.map(lambda x: x, plan.abstract_state["ema"])
             nnx.replace_by_pure_dict(ema, traverse_util.unflatten_dict(
-                warm_start.read_params(plan, ckpt_dir, ckpt_step, pretrained_plan["ema"], subtree="ema")))
+                warm_start.read_params(plan, ckpt_dir, ckpt_step, saved_shapes["ema"], subtree="ema")))
             ema_scores, _ = train.evaluate(plan, eval_fn, model_state, ema)
             result.update({f"ema_{k}": ema_scores[k] for k in plan.task.metric_names})
     if details is not None:
