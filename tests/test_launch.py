@@ -291,7 +291,7 @@ def test_patch_frontier_sweep_design():
     from pixeltok import flops
     module = _load_sweep_module("patch_frontier")
     for (model, p), f in module.FLOPS_PER_IMAGE.items():       # the fixed table is pixeltok.flops' number
-        kw = {"width": 64, "depth": 4, **({"chunk_size": 32} if model.startswith("adventurer") else {})}
+        kw = {"width": 64, "depth": 4, **({"chunk_size": module.ADVENTURER_CHUNK} if model.startswith("adventurer") else {})}
         assert flops.train_flops_per_image(model, p, module.RES, **kw) == pytest.approx(f, rel=1e-12), (model, p)
     runs = sweep.load_sweep(str(REPO / "configs" / "sweeps" / "patch_frontier.py"))
     longs = [r for r in runs if r.after is None]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pixeltok.ops import ssd as ssd_module
-from pixeltok.ops.ssd import ssd, ssd_flops, ssd_jit, ssd_reference
+from pixeltok.ops.ssd import chunk_length, ssd, ssd_flops, ssd_jit, ssd_reference
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -171,6 +171,26 @@ def test_gradients_chunked_vs_recurrent(length, chunk_size, groups):
     assert abs(analytic - fd) <= 1e-4 * max(abs(fd), 1.0), (analytic, fd)
 
 
+def test_one_chunk_fast_path_values_and_gradients():
+    # A sequence of one chunk with no initial state and no final state wanted skips the chunk states and the scan;
+    # its output and gradients must still be the recurrence's (and equal the general path's, which return_state uses).
+    x, dt, A, B, C, _ = make_inputs(7, 2, 11, 4, 3, 2, 5, init=True)
+    w = np.random.default_rng(8).standard_normal(x.shape).astype(np.float32)
+
+    def loss(impl, return_state):
+        def f(*a):
+            y = ssd(*a, chunk_size=16, impl=impl, return_state=return_state)
+            return jnp.sum((y[0] if return_state else y) * w)
+        return jax.jit(jax.grad(f, argnums=(0, 1, 2, 3, 4)))
+    y_np, _ = numpy_ssd(x, dt, A, B, C)
+    assert_close(ssd_jit(x, dt, A, B, C, chunk_size=16), y_np, 2e-5, "y (one chunk, fast path)")
+    g_rec, g_fast, g_general = (loss(i, r)(x, dt, A, B, C) for i, r in
+                                (("recurrent", False), ("chunked", False), ("chunked", True)))
+    for name, gr, gf, gg in zip(("x", "dt", "A", "B", "C"), g_rec, g_fast, g_general):
+        assert_close(gf, gr, 2e-5, f"d loss / d {name} (fast path vs recurrence)")
+        assert_close(gf, gg, 2e-5, f"d loss / d {name} (fast path vs general path)")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Dtypes.
 # ----------------------------------------------------------------------------------------------------------------
@@ -277,11 +297,23 @@ def test_grad_memory_linear_in_length():
 
 
 def test_ssd_flops_hand_count():
-    # length 300, Q=128 -> 3 chunks, 384 padded tokens; D = 8 * 4 = 32, G = 2, N = 16.
-    per_token = 2 * 128 * 2 * 16 + 2 * 128 * 32 + 4 * 16 * 32
-    assert ssd_flops(300, 8, 4, 16, 2, 128) == 384 * per_token
-    assert ssd_flops(300, 8, 4, 16, 2, 128, padded=False) == 300 * per_token
-    assert ssd_flops(7, 8, 4, 16, 2, 128) == 7 * (2 * 7 * 2 * 16 + 2 * 7 * 32 + 4 * 16 * 32)   # Q = min(Q, L)
+    # length 301, chunk_size 128 -> ceil(301/128) = 3 chunks of Q = ceil(301/3) = 101 tokens, 303 padded tokens;
+    # D = 8 * 4 = 32, G = 2, N = 16.
+    per_token = 2 * 101 * 2 * 16 + 2 * 101 * 32 + 4 * 16 * 32
+    assert ssd_flops(301, 8, 4, 16, 2, 128) == 303 * per_token
+    assert ssd_flops(301, 8, 4, 16, 2, 128, padded=False) == 301 * per_token
+    assert ssd_flops(7, 8, 4, 16, 2, 128) == 7 * (2 * 7 * 2 * 16 + 2 * 7 * 32 + 4 * 16 * 32)   # one chunk of L
+    assert ssd_flops(258, 8, 4, 16, 2, 32) == 261 * (2 * 29 * 2 * 16 + 2 * 29 * 32 + 4 * 16 * 32)   # 9 x 29
+
+
+def test_chunk_length_is_balanced():
+    # As many chunks as chunk_size needs, each as short as possible: never longer, padding < one token per chunk.
+    for length in range(1, 400):
+        for chunk in (1, 7, 32, 64, 128):
+            q = chunk_length(length, chunk)
+            n = -(-length // chunk)
+            assert q <= chunk and -(-length // q) == n and n * q - length < n, (length, chunk, q)
+    assert (chunk_length(258, 32), chunk_length(66, 32), chunk_length(6, 32)) == (29, 22, 6)
 
 
 # ----------------------------------------------------------------------------------------------------------------
