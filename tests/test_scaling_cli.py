@@ -130,6 +130,24 @@ def test_cli_bad_input_one_line_error(tmp_path, capsys, case):
         assert "vit_tiny_p2_s0" in summary and "non-finite" in summary
 
 
+def test_unfinished_run_is_left_out_and_named(tmp_path, capsys):
+    # A partial sweep: one run's metrics stop before its total_steps (still training). Its last eval is not an
+    # end-of-run value, so it must not be fitted; the fit equals the fit without it and the summary names it.
+    d = copy_runs(tmp_path, VIT + ["vit_tiny_p7_s1"])
+    met = d / "vit_tiny_p7_s1" / "metrics.jsonl"
+    rows = [json.loads(x) for x in met.read_text().splitlines()]
+    met.write_text("\n".join(json.dumps(r) for r in rows if r.get("step", 0) <= 500) + "\n")
+    out_a, out_b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert run_cli(["--runs", str(d), "--out", out_a, "--n-bootstrap", "20"], capsys)[0] == 0
+    shutil.rmtree(d / "vit_tiny_p7_s1")
+    assert run_cli(["--runs", str(d), "--out", out_b, "--n-bootstrap", "20"], capsys)[0] == 0
+    fit_a, fit_b = (json.load(open(os.path.join(o, "fit.json"))) for o in (out_a, out_b))
+    assert [g["n_points"] for g in fit_a["groups"]] == [g["n_points"] for g in fit_b["groups"]]
+    assert [g["fit"] for g in fit_a["groups"]] == [g["fit"] for g in fit_b["groups"]]
+    summary = open(os.path.join(out_a, "summary.md")).read()
+    assert "vit_tiny_p7_s1 is unfinished (last eval at step 500 of 1000)" in summary
+
+
 def test_cli_eval_uses_checkpoint_results(tmp_path, capsys, monkeypatch):
     """--eval plumbing: the fitted values come from pixeltok.evaluate.evaluate_checkpoint (stubbed here; the real
     restore is covered by test_cli_eval_real_checkpoints), and runs need no metrics.jsonl."""

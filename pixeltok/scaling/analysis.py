@@ -30,6 +30,14 @@ def load_runs(paths: Sequence[str], *, skip_bad: bool = False, need_metrics: boo
             warnings.append(f"skipped: {e}")
             continue
         warnings.extend(run.warnings)
+        total = run.config.get("total_steps")
+        last = int(run.evals[-1]["step"]) if run.evals else None
+        if need_metrics and isinstance(total, int) and last is not None and last < total:
+            # A run still training (or cut short) has no annealed final eval: its last row is a stable-phase
+            # point, and fitted as this budget's loss it would bias every law (a partial sweep is normal).
+            warnings.append(f"left out: run {run.name} is unfinished (last eval at step {last} of {total}); "
+                            "rerun its sweep to finish it")
+            continue
         runs.append(run)
     if not runs:
         raise ValueError(f"no usable runs in {list(paths)}")
