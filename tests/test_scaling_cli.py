@@ -137,15 +137,19 @@ def test_unfinished_run_is_left_out_and_named(tmp_path, capsys):
     met = d / "vit_tiny_p7_s1" / "metrics.jsonl"
     rows = [json.loads(x) for x in met.read_text().splitlines()]
     met.write_text("\n".join(json.dumps(r) for r in rows if r.get("step", 0) <= 500) + "\n")
+    shutil.copytree(os.path.join(FIXTURES, "vit_tiny_p4_s1"), d / "vit_tiny_p4_s1")     # just started: no eval yet
+    (d / "vit_tiny_p4_s1" / "metrics.jsonl").write_text(json.dumps({"step": 50, "split": "train", "loss": 2.0}) + "\n")
     out_a, out_b = str(tmp_path / "a"), str(tmp_path / "b")
     assert run_cli(["--runs", str(d), "--out", out_a, "--n-bootstrap", "20"], capsys)[0] == 0
     shutil.rmtree(d / "vit_tiny_p7_s1")
+    shutil.rmtree(d / "vit_tiny_p4_s1")
     assert run_cli(["--runs", str(d), "--out", out_b, "--n-bootstrap", "20"], capsys)[0] == 0
     fit_a, fit_b = (json.load(open(os.path.join(o, "fit.json"))) for o in (out_a, out_b))
     assert [g["n_points"] for g in fit_a["groups"]] == [g["n_points"] for g in fit_b["groups"]]
     assert [g["fit"] for g in fit_a["groups"]] == [g["fit"] for g in fit_b["groups"]]
     summary = open(os.path.join(out_a, "summary.md")).read()
     assert "vit_tiny_p7_s1 is unfinished (last eval at step 500 of 1000)" in summary
+    assert "vit_tiny_p4_s1 is unfinished (no eval yet)" in summary
 
 
 def test_cli_eval_uses_checkpoint_results(tmp_path, capsys, monkeypatch):

@@ -23,6 +23,11 @@ def load_runs(paths: Sequence[str], *, skip_bad: bool = False, need_metrics: boo
     runs, warnings = [], []
     for d in io.find_run_dirs(paths):
         try:
+            run = io.load_run(d, need_metrics=False)
+            if need_metrics and not run.evals and os.path.isfile(os.path.join(d, "metrics.jsonl")):
+                # Logging but no eval yet: a run that has just started (or died before its first eval).
+                warnings.append(f"left out: run {run.name} is unfinished (no eval yet); rerun its sweep to finish it")
+                continue
             run = io.load_run(d, need_metrics=need_metrics)
         except ValueError as e:
             if not skip_bad:
