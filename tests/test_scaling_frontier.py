@@ -30,6 +30,10 @@ def test_interpolate_loglog_hand_values():
     out = compute.interpolate_loglog([4.0, 1.0], [0.25, 1.0], [0.5, 1.0, 2.0, 4.0, 8.0])
     np.testing.assert_allclose(out[1:4], [1.0, 0.5, 0.25], rtol=1e-12)
     assert np.isnan(out[0]) and np.isnan(out[4])
+    # Within 1 % of an end point counts as that point (whole-step rounding of an iso-FLOP run); 2 % does not.
+    near = compute.interpolate_loglog([4.0, 1.0], [0.25, 1.0], [0.995, 4.02, 0.98, 4.08])
+    np.testing.assert_allclose(near[:2], [1.0, 0.25], rtol=1e-12)
+    assert np.isnan(near[2]) and np.isnan(near[3])
 
 
 def test_lineages_annealed_points(tmp_path):
@@ -141,8 +145,12 @@ def test_unfinished_branch_is_left_out(tmp_path):
     met = os.path.join(branch.path, "metrics.jsonl")
     rows = open(met).read().splitlines()
     open(met, "w").write("\n".join(rows[:-1]) + "\n")        # interrupted before its final (annealed) eval
-    runs, _ = analysis.load_runs([str(tmp_path)])
-    unfinished = []
-    lns = compute.build_lineages(runs, "loss", unfinished)
-    assert unfinished == [branch.name]
-    assert next(ln for ln in lns if ln.patch_size == 2).flops.size == len(BUDGETS) - 1
+    # Loading leaves it out and says so; given such a run anyway, the lineage builder also skips its point.
+    runs, warnings = analysis.load_runs([str(tmp_path)])
+    assert branch.name not in {r.name for r in runs}
+    assert any(branch.name in w and "unfinished" in w for w in warnings)
+    for raw in (runs + [io.load_run(branch.path)], runs):
+        unfinished = []
+        lns = compute.build_lineages(raw, "loss", unfinished)
+        assert unfinished == ([branch.name] if len(raw) > len(runs) else [])
+        assert next(ln for ln in lns if ln.patch_size == 2).flops.size == len(BUDGETS) - 1
