@@ -35,6 +35,7 @@ import importlib.util
 import json
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -214,9 +215,23 @@ def run_all(runs: list[Run], root: Path, *, python: str, extra: list[str] = (), 
                     print(f"FAILED {run.name} (exit {rc}); log: {root / run.name / 'sweep.log'}", file=sys.stderr,
                           flush=True)
     finally:
-        for _, proc, _, _ in active:        # interrupted: do not leave orphans behind
+        # Interrupted: stop the running runs (SIGTERM: each finishes its step and saves a checkpoint) and wait for
+        # them, so that when the launcher exits every checkpoint is written and the same command continues.
+        for _, proc, _, _ in active:
             proc.terminate()
+        for _, proc, _, _ in active:
+            try:
+                proc.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     return failures
+
+
+STOP_WAIT_S = 600       # how long an interrupted launcher waits for a run to save its checkpoint
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _why(rc) -> str:
@@ -256,8 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --sweep MODULE, or --models and --patches")
     if args.only:
         runs = [r for r in runs if re.search(args.only, r.name)]
-    failures = run_all(runs, Path(args.root), python=args.python, extra=extra, parallel=args.parallel,
-                       dry_run=args.dry_run)
+    signal.signal(signal.SIGTERM, _raise_interrupt)      # `kill` stops a sweep as cleanly as Ctrl-C
+    try:
+        failures = run_all(runs, Path(args.root), python=args.python, extra=extra, parallel=args.parallel,
+                           dry_run=args.dry_run)
+    except KeyboardInterrupt:
+        print("sweep interrupted: the running runs saved checkpoints; rerun the same command to continue",
+              file=sys.stderr)
+        return 130
     if failures:
         print(f"{len(failures)} of {len(runs)} runs failed: " + ", ".join(f"{n} ({_why(rc)})" for n, rc in failures),
               file=sys.stderr)

@@ -7,9 +7,11 @@ runs here; the real CLI is exercised by test_sharding.py / test_multihost.py.
 import importlib.util
 import json
 import math
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,41 @@ with open(args["--workdir"] + "/fake.json", "a") as f:
     f.write(json.dumps({{"t0": t0, "t1": time.time(), "argv": sys.argv[1:]}}) + "\\n")
 sys.exit(3 if (args["--config.seed"], args["--config.patch_size"]) == ("1", "8") else 0)
 """
+
+
+FAKE_SLOW_MAIN = """#!{python}
+# A run that trains until SIGTERM, then "saves a checkpoint" (a marker, written slowly) and exits 128 + 15.
+import signal, sys, time
+args = dict(a.split("=", 1) for a in sys.argv[3:] if "=" in a)
+def stop(signum, frame):
+    time.sleep(0.5)
+    open(args["--workdir"] + "/saved", "w").write("checkpoint")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+open(args["--workdir"] + "/started", "w").write("")
+time.sleep(60)
+"""
+
+
+def test_interrupted_sweep_waits_for_checkpoints_and_says_one_line(tmp_path):
+    fake = tmp_path / "fakepy"
+    fake.write_text(FAKE_SLOW_MAIN.format(python=sys.executable))
+    fake.chmod(0o755)
+    root = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, str(REPO / "launch" / "sweep.py"), "--root", str(root), "--models", "m",
+                             "--patches", "16,8", "--python", str(fake), "--parallel", "2"],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while len(list(root.glob("*/started"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(list(root.glob("*/started"))) == 2
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert sorted(p.parent.name for p in root.glob("*/saved")) == ["m_p16_s0", "m_p8_s0"]   # waited for both
+    assert not list(root.glob("*/DONE"))
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and "rerun the same command to continue" in last, err
 
 
 @pytest.mark.parametrize("parallel", [1, 3])
