@@ -204,7 +204,7 @@ def test_notebooks_execute(name):
     from nbclient import NotebookClient
     nb = nbformat.read(os.path.join(ROOT, "notebooks", f"{name}.ipynb"), as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "store notebooks without outputs"
-    NotebookClient(nb, timeout=120, kernel_name="python3",
+    NotebookClient(nb, timeout=900, kernel_name="python3",   # per cell; generous: a loaded CI machine
                    resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
     text = ""
     for c in nb.cells:
