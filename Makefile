@@ -56,7 +56,8 @@ $(TORCH_STAMP):
 SWEEP      ?= configs/sweeps/patch_frontier.py
 SWEEP_ROOT ?= runs/patch_frontier
 SWEEP_OUT  ?= reports/patch_frontier
+SWEEP_PARALLEL ?= 2        # two runs at a time: 1.42x one at these small, overhead-bound models (throughput.md)
 
 sweep: install data
-	$(PY) launch/sweep.py --sweep $(SWEEP) --root $(SWEEP_ROOT)
+	$(PY) launch/sweep.py --sweep $(SWEEP) --root $(SWEEP_ROOT) --parallel $(SWEEP_PARALLEL)
 	$(PY) -m pixeltok.scaling --runs $(SWEEP_ROOT) --out $(SWEEP_OUT) --frontier
