@@ -56,7 +56,8 @@ $(TORCH_STAMP):
 SWEEP      ?= configs/sweeps/patch_frontier.py
 SWEEP_ROOT ?= runs/patch_frontier
 SWEEP_OUT  ?= reports/patch_frontier
-SWEEP_PARALLEL ?= 2        # two runs at a time: 1.42x one at these small, overhead-bound models (throughput.md)
+# Two runs at a time: 1.42x the throughput of one at these small, overhead-bound models (throughput.md).
+SWEEP_PARALLEL ?= 2
 
 sweep: install data
 	$(PY) launch/sweep.py --sweep $(SWEEP) --root $(SWEEP_ROOT) --parallel $(SWEEP_PARALLEL)
