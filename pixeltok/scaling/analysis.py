@@ -23,12 +23,13 @@ def load_runs(paths: Sequence[str], *, skip_bad: bool = False, need_metrics: boo
     runs, warnings = [], []
     for d in io.find_run_dirs(paths):
         try:
-            run = io.load_run(d, need_metrics=False)
+            run = io.load_run(d, need_metrics=False)     # read once; the eval rows are required below
             if need_metrics and not run.evals and os.path.isfile(os.path.join(d, "metrics.jsonl")):
                 # Logging but no eval yet: a run that has just started (or died before its first eval).
                 warnings.append(f"left out: run {run.name} is unfinished (no eval yet); rerun its sweep to finish it")
                 continue
-            run = io.load_run(d, need_metrics=need_metrics)
+            if need_metrics:
+                io.require_evals(run)
         except ValueError as e:
             if not skip_bad:
                 raise

@@ -158,17 +158,25 @@ def load_run(path: str, *, need_metrics: bool = True) -> Run:
                     continue
                 if isinstance(row, dict) and row.get("split") == "eval" and "step" in row:
                     evals[int(row["step"])] = row          # a resumed run may re-log a step: keep the last
-        if need_metrics and not evals:
-            raise ValueError(f"run {name}: metrics.jsonl has no eval rows (split == 'eval') in {path}")
-    elif need_metrics:
-        raise ValueError(f"run {name}: missing metrics.jsonl in {path} (use --eval to evaluate its checkpoint)")
-    return Run(path=path, name=name, config=cfg, patch_size=p, image_size=_num(cfg, "image_size"),
-               model_name=model_name, arch=model_name.split("_")[0], seed=cfg.get("seed"),
-               dataset=cfg.get("dataset"), num_params=_num(cfg, "num_params"),
-               num_params_non_embedding=_num(cfg, "num_params_non_embedding"),
-               tokens_per_image=_num(cfg, "tokens_per_image"),
-               train_flops_per_image=_num(cfg, "train_flops_per_image"),
-               evals=[evals[k] for k in sorted(evals)], warnings=warns)
+    run = Run(path=path, name=name, config=cfg, patch_size=p, image_size=_num(cfg, "image_size"),
+              model_name=model_name, arch=model_name.split("_")[0], seed=cfg.get("seed"),
+              dataset=cfg.get("dataset"), num_params=_num(cfg, "num_params"),
+              num_params_non_embedding=_num(cfg, "num_params_non_embedding"),
+              tokens_per_image=_num(cfg, "tokens_per_image"),
+              train_flops_per_image=_num(cfg, "train_flops_per_image"),
+              evals=[evals[k] for k in sorted(evals)], warnings=warns)
+    if need_metrics:
+        require_evals(run)
+    return run
+
+
+def require_evals(run: Run) -> None:
+    """Raises ValueError naming the run when it has no eval rows to fit (no metrics.jsonl, or none in it)."""
+    if run.evals:
+        return
+    if os.path.isfile(os.path.join(run.path, "metrics.jsonl")):
+        raise ValueError(f"run {run.name}: metrics.jsonl has no eval rows (split == 'eval') in {run.path}")
+    raise ValueError(f"run {run.name}: missing metrics.jsonl in {run.path} (use --eval to evaluate its checkpoint)")
 
 
 def group_key(run: Run, metric: str = "loss") -> tuple:
