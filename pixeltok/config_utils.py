@@ -157,7 +157,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.init_from = ""                         # another run's workdir or checkpoint dir (multi-stage recipes)
     c.posemb_resize = "correct"              # init_from at another resolution: correct | released_code (docs/models.md)
-    c.eval_schedule = ""                     # "": every eval_every_steps | "log:N": N evals spaced geometrically
+    c.eval_schedule = ""                     # "": every eval_every_steps | "log:N[+cooldown:K]" (config_utils.eval_steps)
     c.checkpoint_steps = ""                  # comma list of extra steps to checkpoint and keep (cooldown branch points)
     c.cooldown_from = ""                     # "<workdir>:<step>": continue that run's state with this run's schedule
     c.stop_at_step = -1                      # >0: checkpoint and stop after this step, schedule unchanged (resume later)
@@ -229,18 +229,35 @@ def int_list(text: str) -> list[int]:
 
 
 def eval_steps(config, total: int) -> frozenset[int]:
-    """The steps that evaluate: every `eval_every_steps` (and the last step), or with `eval_schedule="log:N"` N
-    steps spaced geometrically from min(100, total) to total (learning curves even on a log-compute axis)."""
+    """The steps that evaluate (always including the last step).
+
+    `eval_schedule` is "" (every `eval_every_steps`) or "+"-joined terms:
+      - `log:N`: N steps spaced geometrically from min(100, total) to total (learning curves on a log-compute axis);
+      - `cooldown:K` (schedule="wsd" only): K steps evenly spaced over the WSD cooldown, its last step included. The
+        loss falls fastest there, and a cooldown branch of a short budget has only those steps of its own.
+    """
     schedule = str(config.get("eval_schedule", "") or "")
     if not schedule:
         every_n = config.eval_every_steps
         return frozenset([s for s in range(every_n, total + 1, every_n)] if every_n > 0 else []) | {total}
-    kind, _, count = schedule.partition(":")
-    if kind != "log" or not count.isdigit() or int(count) < 2:
-        raise ValueError(f"eval_schedule={schedule!r} is not valid; use '' (every eval_every_steps) or log:N, N >= 2")
-    first = min(100, total)
-    points = {int(round(first * (total / first) ** (i / (int(count) - 1)))) for i in range(int(count))}
-    return frozenset(points | {total})
+    points = {total}
+    for term in schedule.split("+"):
+        kind, _, count = term.strip().partition(":")
+        if kind not in ("log", "cooldown") or not count.isdigit() or int(count) < (2 if kind == "log" else 1):
+            raise ValueError(f"eval_schedule={schedule!r} is not valid; use '' (every eval_every_steps) or "
+                             f"'+'-joined terms log:N (N >= 2) and cooldown:K (K >= 1), e.g. log:10+cooldown:8")
+        n = int(count)
+        if kind == "log":
+            first = min(100, total)
+            points |= {int(round(first * (total / first) ** (i / (n - 1)))) for i in range(n)}
+        else:
+            if config.get("schedule", "cosine") != "wsd":
+                raise ValueError(f"eval_schedule={schedule!r}: cooldown:K needs schedule='wsd', "
+                                 f"not {config.get('schedule', 'cosine')!r}")
+            from pixeltok import optim        # optim imports jax; config_utils stays importable without it
+            start = optim.wsd_decay_start(total, config.get("wsd_decay_fraction", 0.2))
+            points |= {start + max(1, int(round(i * (total - start) / n))) for i in range(1, n + 1)}
+    return frozenset(points)
 
 
 def set_dotted(config, key: str, value) -> None:

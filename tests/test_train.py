@@ -398,7 +398,8 @@ def test_log_eval_schedule_and_cooldown_branch_equals_fresh_wsd_run(tmp_path):
     train.train_and_evaluate(tiny_config(**wsd, total_steps=8, checkpoint_steps="2"), parent)
     assert 2 in ckpt_lib.Checkpointer(parent).all_steps()     # kept beside the latest for branches
     res_f = train.train_and_evaluate(tiny_config(**wsd, total_steps=4, eval_schedule="log:3"), fresh)
-    res_b = train.train_and_evaluate(tiny_config(**wsd, total_steps=4, eval_schedule="log:3",
+    # The branch also evaluates twice in its cooldown: evaluating must not change what it trains.
+    res_b = train.train_and_evaluate(tiny_config(**wsd, total_steps=4, eval_schedule="log:3+cooldown:2",
                                                  cooldown_from=f"{parent}:2"), branch)
     rp, rf, rb = train_records(parent), train_records(fresh), train_records(branch)
     assert sorted(rb) == sorted(rf) == [1, 2, 3, 4]
@@ -413,6 +414,7 @@ def test_log_eval_schedule_and_cooldown_branch_equals_fresh_wsd_run(tmp_path):
     assert evals == [4]
     assert sorted(config_utils.eval_steps(ml_collections.ConfigDict({"eval_schedule": "log:3"}), 1000)) == \
         [100, 316, 1000]
+    assert [r["step"] for r in metrics_lib.read_metrics(branch) if r["split"] == "eval" and r["step"] > 2] == [3, 4]
     bad = [({"cooldown_from": f"{parent}:5"}, "not in"),                 # no such checkpoint step
            ({"cooldown_from": f"{parent}:8", "total_steps": 12}, "not this run.s WSD decay start 6"),
            ({"cooldown_from": f"{parent}:2", "lr": 1e-3}, "parent run has lr=")]
@@ -420,6 +422,23 @@ def test_log_eval_schedule_and_cooldown_branch_equals_fresh_wsd_run(tmp_path):
         with pytest.raises(train.ConfigError, match=needle):
             train.train_and_evaluate(tiny_config(**{**wsd, "total_steps": 4, **overrides}), str(tmp_path / "x"))
         assert not os.path.exists(tmp_path / "x")
+
+
+def test_cooldown_eval_steps_cover_the_wsd_cooldown():
+    """cooldown:K puts K evals evenly over the WSD cooldown (hand-computed), so even a 53-step branch has 8."""
+    def steps(eval_schedule, total, **kw):
+        return sorted(config_utils.eval_steps(ml_collections.ConfigDict(
+            {"eval_schedule": eval_schedule, "schedule": "wsd", "wsd_decay_fraction": 0.2, **kw}), total))
+    # 1000 steps: cooldown = the last 200, starting after step 800; log:3 adds 100, 316.
+    assert steps("log:3+cooldown:4", 1000) == [100, 316, 850, 900, 950, 1000]
+    # 53 steps: cooldown round(10.6) = 11 steps after 42 -> 42 + round(i * 11 / 8), i = 1..8.
+    assert steps("log:10+cooldown:8", 53) == [43, 45, 46, 48, 49, 50, 52, 53]
+    assert steps("cooldown:20", 10) == [9, 10]           # more evals than cooldown steps: each step once
+    for bad, needle in (("cooldown:0", "not valid"), ("log:10+warm:3", "not valid"), ("log:1", "not valid")):
+        with pytest.raises(ValueError, match=needle):
+            steps(bad, 100)
+    with pytest.raises(ValueError, match="needs schedule='wsd', not 'cosine'"):
+        steps("cooldown:2", 100, schedule="cosine")
 
 
 def test_classification_task_rejects_dense_data():

@@ -16,8 +16,9 @@ Design (reports/patch_frontier/README.md has the sizing, throughput.md the measu
   scaled), 20 warmup steps, WSD with a 20 % 1-sqrt cooldown to 1e-5; regularisation by weight decay 0.3 and no
   augmentation, the whole 16x16 image at eval (crop_ratio 1.0): the measured pair in reports/patch_frontier/README.md
   (shift/flip augmentation at 16x16 cost 0.06-0.3 in eval loss at these budgets; wd 0.3 lowered the final loss and
-  halved its rise after the minimum); 10 log-spaced evals (`eval_schedule=log:10`) on a fixed 2,560-image test
-  subset.
+  halved its rise after the minimum); evals on a fixed 2,560-image test subset at 10 log-spaced steps and 8 steps
+  evenly over each run's cooldown (`eval_schedule=log:10+cooldown:8`): a branch records the parent's evals up to its
+  branch step, and the cooldown ones give even a 53-step branch 8 points of its own.
 - Seeds 0 and 1; seed outermost, large patches first, Adventurer first: a sweep cut short still has complete
   lineages of seed 0.
 """
@@ -58,7 +59,7 @@ RECIPE = {
     "train_augment": "none",
     "hflip": False,
     "crop_ratio": 1.0,
-    "eval_schedule": "log:10",
+    "eval_schedule": "log:10+cooldown:8",
     "eval_batch_size": 256,
     "eval_max_batches": 10,
     "checkpoint_every_steps": 1000,
