@@ -169,6 +169,14 @@ def test_frontier_constructed_curves():
     bumpy = [{"name": "a", "patch_size": 2, "flops": [1.0, 2.0, 3.0], "loss": [0.5, 0.7, 0.6]}]
     np.testing.assert_allclose(compute_frontier(bumpy, mode="best")["envelope"], [0.5, 0.5, 0.5])
     np.testing.assert_allclose(compute_frontier(bumpy, mode="last")["envelope"], [0.5, 0.7, 0.6])
+    # Two runs of one iso-FLOP budget: p2 ends (annealed) at 9.99, p8 at 10. Read strictly, the p2 end point beats
+    # p8's earlier stable-phase eval at 9.99 for a moment; within a 1 % match both ends count and p8 is best.
+    iso = [{"name": "p2", "patch_size": 2, "flops": [1.0, 9.99], "loss": [1.0, 0.5]},
+           {"name": "p8", "patch_size": 8, "flops": [1.0, 5.0, 10.0], "loss": [0.9, 0.7, 0.4]}]
+    assert compute_frontier(iso)["switches"] == [[9.99, 8.0, 2.0], [10.0, 2.0, 8.0]]
+    matched = compute_frontier(iso, match=1.01)
+    assert matched["switches"] == [] and matched["best_patch_size"] == [8.0, 8.0, 8.0, 8.0]
+    np.testing.assert_allclose(matched["envelope"], [0.9, 0.7, 0.4, 0.4])
 
 
 def test_bad_inputs_name_the_run():

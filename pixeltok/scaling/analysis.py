@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pixeltok.scaling import compute
 from pixeltok.scaling import frontier as fr
 from pixeltok.scaling import io
 from pixeltok.scaling.fit import _clean, fit_power_law, versions
@@ -126,7 +127,7 @@ def analyze(runs: Sequence[io.Run], *, metric: str = "loss", select: str = "fina
                        "group": g["label"]})
         curves.extend(gc)
         if any(len(c["flops"]) for c in gc):
-            frontiers[g["label"]] = fr.compute_frontier(gc)
+            frontiers[g["label"]] = fr.compute_frontier(gc, match=compute.BUDGET_MATCH)
     return {"groups": groups, "joint": joint, "frontiers": frontiers, "curves": curves, "warnings": warnings,
             "metric": metric, "select": select, "n_bootstrap": n_bootstrap, "seed": seed, "bootstrap": bootstrap}
 
